@@ -1,0 +1,135 @@
+"""The Medusa decode loop: prefill, then tree steps until EOS or the token limit (DESIGN.md §1)."""
+
+from collections.abc import Iterator
+
+import torch
+
+from .candidates import choose_root, generate_candidates
+from .kv_cache import MedusaKVCache
+from .masks import model_attention_mask
+from .posterior import evaluate_posterior_greedy, evaluate_posterior_typical
+
+
+def _forward(model, tokens: torch.Tensor, new_mask: torch.Tensor, positions: torch.Tensor, cache: MedusaKVCache):
+    """Run ``tokens`` ``[q]`` at ``positions`` ``[q]`` into the cache; returns hidden states ``[q, d]``."""
+    mask = model_attention_mask(model.base_model.config, cache.length, new_mask, positions, cache.capacity,
+                                model.lm_head.weight.dtype)
+    return model.hidden_states(tokens[None], mask, positions[None], cache)[0]
+
+
+def _eos_ids(model, eos_token_id) -> set[int]:
+    if eos_token_id is None:
+        eos_token_id = model.base_model.generation_config.eos_token_id
+        if eos_token_id is None and model.tokenizer is not None:
+            eos_token_id = model.tokenizer.eos_token_id
+    if eos_token_id is None:
+        return set()
+    return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
+
+
+def _token_budget(model, prompt_len: int, tree_size: int, depth: int, max_steps: int, max_new_tokens: int | None) -> int:
+    """New tokens to allow, so that prompt + new tokens + one tree fit in the model's context."""
+    context = getattr(model.base_model.config.get_text_config(), "max_position_embeddings", None) or 2**31
+    room = context - prompt_len - tree_size
+    if max_new_tokens is None:
+        max_new_tokens = max_steps * (depth + 1)
+        if room <= 0:
+            raise ValueError(
+                f"The prompt has {prompt_len} tokens; with a tree of {tree_size} tokens it does not fit in the "
+                f"model's context of {context} tokens."
+            )
+        return min(max_new_tokens, room)
+    if max_new_tokens > room:
+        raise ValueError(
+            f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) + tree ({tree_size}) exceeds the "
+            f"model's context of {context} tokens."
+        )
+    return max_new_tokens
+
+
+@torch.inference_mode()
+def medusa_generate(model, input_ids: torch.Tensor, temperature: float = 0.0, max_steps: int = 512,
+                    max_new_tokens: int | None = None, medusa_choices=None, posterior_threshold: float = 0.09,
+                    posterior_alpha: float = 0.3, eos_token_id: int | list[int] | None = None,
+                    generator: torch.Generator | None = None) -> Iterator[dict]:
+    """Generate with Medusa heads, yielding after every step.
+
+    Args:
+        model: a :class:`~medusa.model.MedusaModel`.
+        input_ids: ``[1, prompt_len]`` (batch size 1).
+        temperature: 0 for greedy (output equals plain greedy decoding of the base model); above 0,
+            typical acceptance with ``posterior_threshold`` (epsilon) and ``posterior_alpha``.
+        max_steps: most tree steps; max_new_tokens: most new tokens (default: what the steps and
+            the context allow).
+        medusa_choices: the tree (preset name, JSON string, JSON file, list of paths, or None for
+            the default preset).
+        eos_token_id: stop token(s); default the base model's generation config.
+        generator: random generator for sampling.
+
+    Yields:
+        dict with ``text`` (whole reply so far, special tokens skipped; None without a tokenizer),
+        ``new_text``, ``new_token_ids`` (tokens this step added), ``accept_length`` (tokens
+        accepted from the heads this step) and ``num_new_tokens``. Generation stops after EOS
+        (tokens accepted after it are dropped) or at the token limit.
+    """
+    if input_ids.ndim != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"medusa_generate takes input_ids of shape [1, prompt_len]; got {tuple(input_ids.shape)}.")
+    if input_ids.shape[1] == 0:
+        raise ValueError("The prompt is empty.")
+    buffers = model.tree_buffers(medusa_choices)
+    prompt_len = input_ids.shape[1]
+    budget = _token_budget(model, prompt_len, buffers.num_nodes, buffers.depth, max_steps, max_new_tokens)
+    cache = MedusaKVCache.for_model(model.base_model, prompt_len + budget + buffers.num_nodes)
+    eos = _eos_ids(model, eos_token_id)
+    tokenizer = model.tokenizer
+    device = model.lm_head.weight.device
+
+    prompt = input_ids[0].to(device)
+    positions = torch.arange(prompt_len, device=device)
+    causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).tril()
+    hidden = _forward(model, prompt, causal, positions, cache)[-1]
+    cache.commit(prompt_len)
+    logits, head_logits = model.lm_logits(hidden), model.head_logits(hidden)
+
+    generated: list[int] = []
+    text = ""
+    for _ in range(max_steps):
+        root = choose_root(logits, temperature, generator)
+        tree_candidates, candidates = generate_candidates(root, head_logits, buffers)
+        tree_hidden = _forward(model, tree_candidates, buffers.attn_mask, cache.length + buffers.position_ids, cache)
+        tree_logits = model.lm_logits(tree_hidden)
+        path_logits = tree_logits[buffers.retrieve_indices]
+        if temperature == 0:
+            best, accept_length = evaluate_posterior_greedy(path_logits, candidates, buffers.path_valid)
+        else:
+            best, accept_length = evaluate_posterior_typical(path_logits, candidates, buffers.path_valid, temperature,
+                                                             posterior_threshold, posterior_alpha)
+        accept_length = int(accept_length)  # the step's one device-to-host sync
+        path = buffers.retrieve_indices[best]
+        cache.accept(path, accept_length + 1)
+        last = tree_hidden[path[accept_length]]
+        logits, head_logits = tree_logits[path[accept_length]], model.head_logits(last)
+
+        new_ids = candidates[best, : accept_length + 1].tolist()
+        stop = False
+        for i, token in enumerate(new_ids):
+            if token in eos:
+                new_ids, stop = new_ids[: i + 1], True
+                break
+        if len(generated) + len(new_ids) >= budget:
+            new_ids, stop = new_ids[: budget - len(generated)], True
+        generated += new_ids
+        new_text = None
+        if tokenizer is not None:
+            full = tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+            new_text = full[len(text) :] if full.startswith(text) else full
+            text = full
+        yield {
+            "text": text if tokenizer is not None else None,
+            "new_text": new_text,
+            "new_token_ids": new_ids,
+            "accept_length": accept_length,
+            "num_new_tokens": len(generated),
+        }
+        if stop:
+            return

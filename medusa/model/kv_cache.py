@@ -1,0 +1,114 @@
+"""A pre-allocated KV cache owned by the library, handed to stock HF models as a ``Cache``.
+
+One buffer pair per layer, ``[batch, kv_heads, capacity, head_dim]``. A forward over ``q`` new tokens
+writes them at slots ``[length, length + q)`` and attends over the whole buffer; the 4D mask
+(:mod:`medusa.model.masks`) hides slots that hold nothing valid. After a tree step,
+:meth:`MedusaKVCache.accept` moves the accepted path's entries to the front of the free region in
+place. The buffers never change shape, which keeps every step's shapes static.
+"""
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+
+class CacheCapacityError(RuntimeError):
+    """A write that would run past the pre-allocated capacity (nothing is written)."""
+
+
+class _StaticKVLayer(CacheLayerMixin):
+    """One layer's buffers; writes go through :meth:`MedusaKVCache.update`."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.keys, self.values = keys, values
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states, value_states):
+        raise RuntimeError("MedusaKVCache layers are allocated up front.")
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        raise RuntimeError("Write through MedusaKVCache.update.")
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.keys.shape[-2], 0
+
+    def get_seq_length(self) -> int:
+        raise RuntimeError("Ask the MedusaKVCache for its length.")
+
+    def get_max_length(self) -> int:
+        return self.keys.shape[-2]
+
+
+class MedusaKVCache(Cache):
+    """Static KV cache with a committed ``length`` and in-place compaction of accepted tree nodes.
+
+    Args:
+        num_layers, num_kv_heads, head_dim: of the base model's attention layers.
+        capacity: slots per layer (prompt + new tokens + one tree of headroom).
+        batch_size, dtype, device: of the buffers.
+    """
+
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
+                 batch_size: int = 1, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        shape = (batch_size, num_kv_heads, capacity, head_dim)
+        layers = [
+            _StaticKVLayer(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(num_layers)
+        ]
+        super().__init__(layers=layers)
+        self.capacity = capacity
+        self.length = 0
+
+    @classmethod
+    def for_model(cls, model, capacity: int, batch_size: int = 1) -> "MedusaKVCache":
+        """A cache shaped for the HF causal LM ``model``, in its dtype and on its device."""
+        config = model.config.get_text_config()
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        num_kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        weight = model.get_output_embeddings().weight
+        return cls(config.num_hidden_layers, num_kv_heads, head_dim, capacity, batch_size, weight.dtype, weight.device)
+
+    def check_capacity(self, num_new: int) -> None:
+        """Raise :class:`CacheCapacityError` unless ``num_new`` more slots fit after ``length``."""
+        if self.length + num_new > self.capacity:
+            raise CacheCapacityError(
+                f"KV cache overflow: {self.length} tokens cached + {num_new} new > capacity {self.capacity}. "
+                "Allocate a larger cache (prompt + max_new_tokens + tree size)."
+            )
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """Write ``key/value_states`` ``[batch, kv_heads, q, head_dim]`` at slots ``[length, length+q)``.
+
+        Returns the whole buffers ``[batch, kv_heads, capacity, head_dim]``; the attention mask decides
+        which slots count.
+        """
+        q = key_states.shape[-2]
+        self.check_capacity(q)
+        layer = self.layers[layer_idx]
+        layer.keys[:, :, self.length : self.length + q] = key_states
+        layer.values[:, :, self.length : self.length + q] = value_states
+        return layer.keys, layer.values
+
+    def commit(self, num_tokens: int) -> None:
+        """Count the ``num_tokens`` entries just written after ``length`` as part of the sequence."""
+        self.check_capacity(num_tokens)
+        self.length += num_tokens
+
+    def accept(self, node_indices: torch.Tensor, num_accepted: int) -> None:
+        """Keep the accepted path of the tree just written after ``length``.
+
+        Args:
+            node_indices: ``[depth + 1]`` tree node indices of one root-to-leaf path (padding may
+                be any valid index); entry i moves to slot ``length + i``.
+            num_accepted: how many leading entries of the path were accepted; ``length`` grows by it.
+        """
+        src = self.length + node_indices
+        dst = self.length + torch.arange(node_indices.shape[0], device=node_indices.device)
+        for layer in self.layers:
+            # Indexing on the right makes a copy first, so overlapping src/dst is safe.
+            layer.keys[:, :, dst] = layer.keys[:, :, src]
+            layer.values[:, :, dst] = layer.values[:, :, src]
+        self.length += num_accepted
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length

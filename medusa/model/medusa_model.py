@@ -1,0 +1,146 @@
+"""MedusaModel: Medusa heads on a stock Hugging Face causal LM."""
+
+import inspect
+import os
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from . import checkpoint
+from .config import MedusaConfig
+from .generate import medusa_generate
+from .heads import MedusaHeads
+from .kv_cache import MedusaKVCache
+from .medusa_choices import resolve_medusa_choices
+from .tree import TreeBuffers, generate_medusa_buffers
+
+
+class MedusaModel(nn.Module):
+    """A frozen base ``AutoModelForCausalLM`` plus Medusa heads.
+
+    The base model must be decoder-only and accept a 4D float attention mask and explicit
+    ``position_ids`` (stock Llama, Mistral, Qwen2, Gemma and most others do).
+
+    Args:
+        base_model: the causal LM.
+        config: head configuration; hidden and vocabulary sizes are taken from ``base_model``.
+            Fresh heads are identity ResBlocks with (own-lm_head heads) a copy of the base lm_head.
+    """
+
+    def __init__(self, base_model: PreTrainedModel, config: MedusaConfig | None = None):
+        super().__init__()
+        text_config = base_model.config.get_text_config()
+        config = config or MedusaConfig()
+        config.hidden_size = text_config.hidden_size
+        config.vocab_size = base_model.get_output_embeddings().weight.shape[0]
+        if config.base_model_name_or_path is None:
+            config.base_model_name_or_path = getattr(base_model.config, "_name_or_path", None) or None
+        self.config = config
+        self.base_model = base_model
+        lm_head = base_model.get_output_embeddings()
+        self.medusa_head = MedusaHeads(
+            config.medusa_num_heads, config.medusa_num_layers, config.hidden_size, config.vocab_size, config.shared_lm_head
+        ).to(dtype=lm_head.weight.dtype, device=lm_head.weight.device)
+        self.medusa_head.init_from_lm_head(lm_head)
+        self.tokenizer = None
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
+        self._softcap = getattr(text_config, "final_logit_softcapping", None)
+        self._trees: dict[tuple, TreeBuffers] = {}
+
+    # ----------------------------------------------------------------------------- loading / saving
+    @classmethod
+    def from_pretrained(cls, path: str, base_model: str | PreTrainedModel | None = None, **hf_kwargs) -> "MedusaModel":
+        """Load heads from ``path`` in any layout of DESIGN.md §2, on the base model they name.
+
+        Args:
+            path: a heads-only directory (ours, FasterDecoding ``medusa_lm_head.pt|.safetensors``,
+                "version 2") or a FasterDecoding full-model directory (``medusa_head.*`` keys).
+            base_model: overrides the config's ``base_model_name_or_path``: a path or a loaded model.
+            hf_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` for the base (``dtype``,
+                ``device_map``, ``quantization_config``, ...).
+
+        Raises:
+            checkpoint.CheckpointError: no heads, or heads that do not match (names the keys).
+        """
+        raw = checkpoint.read_config(path)
+        state_dict = checkpoint.read_heads_state_dict(path)
+        if base_model is None:
+            base_model = path if checkpoint.is_full_model(path) else raw.get("base_model_name_or_path")
+            if not base_model:
+                raise checkpoint.CheckpointError(f"{path}/config.json names no base_model_name_or_path; pass base_model=.")
+        if isinstance(base_model, str):
+            if not os.path.isdir(base_model):
+                raise checkpoint.CheckpointError(f"Base model directory {base_model!r} does not exist.")
+            base_model = AutoModelForCausalLM.from_pretrained(base_model, **hf_kwargs)
+        base_model.requires_grad_(False)
+        text_config = base_model.config.get_text_config()
+        vocab_size = base_model.get_output_embeddings().weight.shape[0]
+        config = checkpoint.resolve_config(raw, state_dict, text_config.hidden_size, vocab_size)
+        model = cls(base_model, config)
+        checkpoint.load_heads_strict(model.medusa_head, state_dict)
+        return model
+
+    def save_pretrained(self, path: str) -> None:
+        """Write ``config.json`` + ``medusa_lm_head.safetensors`` (loads in TGI and TensorRT-LLM as is)."""
+        checkpoint.save_heads(path, self.medusa_head, self.config)
+
+    def get_tokenizer(self):
+        """The base model's tokenizer, loaded from ``base_model_name_or_path`` on first use."""
+        if self.tokenizer is None:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.config.base_model_name_or_path)
+        return self.tokenizer
+
+    # ----------------------------------------------------------------------------- forward
+    @property
+    def decoder(self) -> nn.Module:
+        """The base model's backbone (embeddings, layers, final norm), without its lm_head."""
+        return self.base_model.base_model
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.base_model.get_output_embeddings()
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask=None, position_ids=None,
+                      cache: MedusaKVCache | None = None) -> torch.Tensor:
+        """Last hidden states ``[batch, seq, d]`` of the base model (after its final norm)."""
+        out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=cache is not None, **{self._cache_kwarg: cache})
+        return out.last_hidden_state
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Base logits ``[..., V]`` from hidden states ``[..., d]`` (with the model's logit soft-capping)."""
+        logits = self.lm_head(hidden)
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Medusa logits ``[heads, ..., V]`` from hidden states ``[..., d]``."""
+        return self.medusa_head(hidden, self.lm_head)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask=None, past_key_values=None, position_ids=None,
+                output_orig: bool = False, medusa_forward: bool = True):
+        """Head logits ``[heads, batch, seq, V]``; with ``output_orig`` also the base logits ``[batch, seq, V]``.
+
+        ``medusa_forward=False`` runs the plain base model and returns its output.
+        """
+        if not medusa_forward:
+            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   **{self._cache_kwarg: past_key_values})
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids, past_key_values)
+        medusa_logits = self.head_logits(hidden)
+        return (medusa_logits, self.lm_logits(hidden)) if output_orig else medusa_logits
+
+    # ----------------------------------------------------------------------------- generation
+    def tree_buffers(self, medusa_choices=None) -> TreeBuffers:
+        """Buffers for a tree (preset name, JSON, file or list; None = default), built once per tree."""
+        tree = resolve_medusa_choices(medusa_choices, self.config.medusa_num_heads)
+        key = tuple(map(tuple, tree))
+        if key not in self._trees:
+            self._trees[key] = generate_medusa_buffers(tree, self.lm_head.weight.device)
+        return self._trees[key]
+
+    def medusa_generate(self, input_ids: torch.Tensor, **kwargs):
+        """Streaming Medusa generation; see :func:`medusa.model.generate.medusa_generate`."""
+        return medusa_generate(self, input_ids, **kwargs)
