@@ -12,6 +12,7 @@ from .posterior import evaluate_posterior_greedy, evaluate_posterior_typical
 
 def _forward(model, tokens: torch.Tensor, new_mask: torch.Tensor, positions: torch.Tensor, cache: MedusaKVCache):
     """Run ``tokens`` ``[q]`` at ``positions`` ``[q]`` into the cache; returns hidden states ``[q, d]``."""
+    cache.check_capacity(tokens.shape[0])
     mask = model_attention_mask(model.base_model.config, cache.length, new_mask, positions, cache.capacity,
                                 model.lm_head.weight.dtype)
     return model.hidden_states(tokens[None], mask, positions[None], cache)[0]
