@@ -1,0 +1,134 @@
+"""medusa_generate at temperature 0 against plain greedy decoding of the base model."""
+
+import functools
+
+import pytest
+import torch
+
+from medusa.model import MedusaConfig, MedusaModel
+from tests.fitting import fitted_medusa, greedy_reference
+from tests.tiny import ARCHS, tiny_model, tiny_tokenizer
+
+CHAIN = [[0], [0, 0], [0, 0, 0]]
+CUSTOM = [[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 1], [0, 1, 0]]
+NEW_TOKENS = 40
+
+
+def prompts(seed, count=3):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 320, (1, int(torch.randint(4, 24, (1,), generator=gen))), generator=gen) for _ in range(count)]
+
+
+def run(model, input_ids, **kwargs):
+    """All new tokens and the per-step accept lengths."""
+    tokens, accepted = [], []
+    for out in model.medusa_generate(input_ids, **kwargs):
+        tokens += out["new_token_ids"]
+        accepted.append(out["accept_length"])
+    return tokens, accepted
+
+
+def random_heads(base, num_heads, head_type, seed):
+    model = MedusaModel(base, MedusaConfig(medusa_num_heads=num_heads, head_type=head_type))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.medusa_head.parameters():
+            p.normal_(0, 0.2 if p.ndim == 1 or p.shape[0] == p.shape[1] else 1.0)
+    return model
+
+
+@functools.cache
+def fitted(arch, num_heads):
+    base = tiny_model(arch, seed=10)
+    return fitted_medusa(base, prompts(100, 4), num_heads, steps=200)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("num_heads, head_type, tree", [(4, "own_lm_head", None), (2, "shared_lm_head", None),
+                                                        (3, "own_lm_head", CHAIN), (3, "shared_lm_head", CUSTOM)])
+def test_random_heads_give_exactly_greedy_output(arch, num_heads, head_type, tree):
+    base = tiny_model(arch, seed=5)
+    model = random_heads(base, num_heads, head_type, seed=num_heads)
+    for input_ids in prompts(num_heads):
+        tokens, _ = run(model, input_ids, max_new_tokens=NEW_TOKENS, medusa_choices=tree, eos_token_id=[])
+        assert tokens == greedy_reference(base, input_ids, NEW_TOKENS)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("tree", [None, "chain", "custom"])
+def test_fitted_heads_accept_several_tokens_and_stay_greedy(arch, tree):
+    model = fitted(arch, 4)
+    tree = {"chain": CHAIN, "custom": CUSTOM}.get(tree)
+    all_accepted = []
+    # The training prompts (heads fitted there) and fresh ones (heads less sure).
+    for input_ids in prompts(100, 4)[:2] + prompts(7, 2):
+        tokens, accepted = run(model, input_ids, max_new_tokens=NEW_TOKENS, medusa_choices=tree, eos_token_id=[])
+        assert tokens == greedy_reference(model.base_model, input_ids, NEW_TOKENS)
+        all_accepted += accepted
+    assert max(all_accepted) >= 2
+    assert sum(a + 1 for a in all_accepted) / len(all_accepted) > 1.5  # tokens per step
+
+
+def test_eos_stops_and_drops_tokens_accepted_after_it():
+    model = fitted("llama", 4)
+    input_ids = prompts(100, 4)[0]
+    reference = greedy_reference(model.base_model, input_ids, NEW_TOKENS)
+    _, accepted = run(model, input_ids, max_new_tokens=NEW_TOKENS, eos_token_id=[])
+    # Take as "EOS" a token that greedy emits first in the middle of a step, not at its end, so the
+    # tokens after it in that step were accepted and must be dropped.
+    ends = set(torch.tensor(accepted).add(1).cumsum(0).sub(1).tolist())
+    position = next(i for i, token in enumerate(reference) if i not in ends and reference.index(token) == i)
+    tokens, _ = run(model, input_ids, max_new_tokens=NEW_TOKENS, eos_token_id=reference[position])
+    assert tokens == reference[: position + 1]
+
+
+@pytest.mark.parametrize("limit", [1, 7, 33])
+def test_max_new_tokens_is_exact(limit):
+    model = fitted("llama", 4)
+    input_ids = prompts(100, 4)[1]
+    tokens, _ = run(model, input_ids, max_new_tokens=limit, eos_token_id=[])
+    assert tokens == greedy_reference(model.base_model, input_ids, limit)
+
+
+def test_max_steps_bounds_the_steps():
+    model = fitted("llama", 4)
+    _, accepted = run(model, prompts(100, 4)[0], max_steps=3, eos_token_id=[])
+    assert len(accepted) == 3
+
+
+def test_streamed_text_is_the_decoded_reply():
+    model = fitted("qwen2", 4)
+    model.tokenizer = tiny_tokenizer()
+    input_ids = prompts(100, 4)[2]
+    pieces, texts, ids = [], [], []
+    for out in model.medusa_generate(input_ids, max_new_tokens=NEW_TOKENS, eos_token_id=[]):
+        pieces.append(out["new_text"])
+        texts.append(out["text"])
+        ids += out["new_token_ids"]
+    decoded = model.tokenizer.decode(ids, skip_special_tokens=True)
+    assert "".join(pieces) == texts[-1] == decoded
+    assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))
+
+
+def test_sampling_is_reproducible_with_a_generator():
+    model = fitted("llama", 4)
+    input_ids = prompts(100, 4)[0]
+    runs = [run(model, input_ids, temperature=0.8, max_new_tokens=30, eos_token_id=[],
+                generator=torch.Generator().manual_seed(seed))[0] for seed in (1, 1, 2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 30
+    assert runs[0] != runs[2]
+
+
+@pytest.mark.parametrize("shape, message", [((2, 5), "batch size 1|shape \\[1, prompt_len\\]"), ((1, 0), "empty")])
+def test_bad_input_ids_are_refused(shape, message):
+    model = MedusaModel(tiny_model("llama"), MedusaConfig(medusa_num_heads=2))
+    with pytest.raises(ValueError, match=message):
+        next(model.medusa_generate(torch.zeros(shape, dtype=torch.long)))
+
+
+def test_prompt_longer_than_context_is_refused():
+    model = MedusaModel(tiny_model("llama", max_position_embeddings=64), MedusaConfig(medusa_num_heads=2))
+    with pytest.raises(ValueError, match="context of 64 tokens"):
+        next(model.medusa_generate(torch.randint(3, 320, (1, 60))))
+    with pytest.raises(ValueError, match="exceeds the model's context of 64"):
+        next(model.medusa_generate(torch.randint(3, 320, (1, 10)), max_new_tokens=50))
