@@ -1,0 +1,151 @@
+"""Head accuracy against the base model's own greedy continuation, and the tokens per step a tree would get.
+
+For each prompt the base model's greedy continuation is computed once; one teacher-forced forward
+over prompt + continuation gives every position's hidden state, hence every head's top-k. At
+temperature 0 a Medusa step starting after position t accepts tree node ``path`` exactly when head
+d's rank-``path[d]`` token is the continuation's token at ``t + d + 2`` for every d, so the accept
+lengths of a whole generation follow from these hits alone: trees can be compared without running
+them.
+
+    python -m medusa.eval.heads_accuracy --model HEADS_DIR --max-new-tokens 256 --output acc.json
+"""
+
+import argparse
+import json
+import sys
+
+import torch
+from tqdm import tqdm
+
+from medusa.model import MedusaModel, generate_medusa_buffers, resolve_medusa_choices
+
+from .questions import DEFAULT_QUESTIONS, load_questions, render_chat
+from .tree_builder import build_tree, expected_tokens_per_step
+
+
+@torch.inference_mode()
+def greedy_continuations(model: MedusaModel, prompts: list[torch.Tensor], max_new_tokens: int,
+                         batch_size: int = 16) -> list[torch.Tensor]:
+    """Prompt + greedy continuation ``[S]`` per prompt (left-padded batches, cut after EOS)."""
+    base = model.base_model
+    eos = base.generation_config.eos_token_id
+    eos = set([eos] if isinstance(eos, int) else eos or [])
+    pad = base.generation_config.pad_token_id
+    pad = pad if pad is not None else next(iter(eos), 0)
+    device = model.lm_head.weight.device
+    sequences = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="greedy continuations", unit="batch"):
+        batch = [p[0] for p in prompts[start : start + batch_size]]
+        width = max(len(p) for p in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, p in enumerate(batch):
+            ids[row, width - len(p) :], mask[row, width - len(p) :] = p, 1
+        out = base.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                            do_sample=False, pad_token_id=pad, eos_token_id=list(eos) or None)
+        for row, p in enumerate(batch):
+            new = out[row, width:].tolist()
+            cut = next((i + 1 for i, t in enumerate(new) if t in eos), len(new))
+            sequences.append(torch.cat([p, torch.tensor(new[:cut], dtype=torch.long)]))
+    return sequences
+
+
+@torch.inference_mode()
+def head_hits(model: MedusaModel, sequence: torch.Tensor, top_k: int = 10) -> torch.Tensor:
+    """``[S, heads, top_k]`` bool: entry ``[t, d, r]`` is head d's rank-r token at t == ``sequence[t + d + 2]``."""
+    device = model.lm_head.weight.device
+    hidden = model.hidden_states(sequence[None].to(device))[0]  # [S, d]
+    top = model.head_logits(hidden).topk(top_k, dim=-1).indices.cpu()  # [heads, S, top_k]
+    heads, length = top.shape[0], sequence.shape[0]
+    hits = torch.zeros(length, heads, top_k, dtype=torch.bool)
+    for d in range(heads):
+        valid = length - d - 2
+        if valid > 0:
+            hits[:valid, d] = top[d, :valid] == sequence[d + 2 :, None]
+    return hits
+
+
+def accuracies(all_hits: list[torch.Tensor], prompt_lens: list[int]) -> torch.Tensor:
+    """``[heads, top_k]``: P(head d's rank-r token is right), over the continuation positions."""
+    heads, top_k = all_hits[0].shape[1:]
+    correct = torch.zeros(heads, top_k, dtype=torch.float64)
+    counted = torch.zeros(heads, dtype=torch.float64)
+    for hits, prompt_len in zip(all_hits, prompt_lens):
+        for d in range(heads):
+            rows = hits[prompt_len - 1 : hits.shape[0] - d - 2, d]
+            correct[d] += rows.sum(0)
+            counted[d] += rows.shape[0]
+    return correct / counted.clamp_min(1)[:, None]
+
+
+def simulate_accept_lengths(hits: torch.Tensor, prompt_len: int, tree: list[list[int]]) -> list[int]:
+    """Accept length of every Medusa step of a greedy generation of ``hits.shape[0] - prompt_len`` tokens."""
+    buffers = generate_medusa_buffers(tree)
+    paths = [sorted(tree, key=lambda p: (len(p), p))[i - 1] for i in range(1, buffers.num_nodes)]
+    depth = torch.tensor([len(p) for p in paths])
+    node_ok = torch.ones(hits.shape[0], len(paths), dtype=torch.bool)
+    for n, path in enumerate(paths):
+        for d, rank in enumerate(path):
+            node_ok[:, n] &= hits[:, d, rank]
+    best = (node_ok * depth).max(1).values.tolist()  # [S]
+    lengths, t, last = [], prompt_len - 1, hits.shape[0] - 1
+    while t < last:
+        accept = min(best[t], last - t - 1)
+        lengths.append(accept)
+        t += accept + 1
+    return lengths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="Medusa heads directory (any layout MedusaModel reads).")
+    parser.add_argument("--base-model", help="Base model directory (default: the one the heads' config names).")
+    parser.add_argument("--questions", default=DEFAULT_QUESTIONS, help="FastChat question.jsonl (first turns are used).")
+    parser.add_argument("--limit", type=int, help="Use only the first N questions.")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--trees", nargs="*", default=["mc_sim_7b_63"], help="Trees to simulate (preset names, JSON, files).")
+    parser.add_argument("--build-tree", type=int, metavar="NODES", help="Also grow a tree of NODES nodes from the accuracies.")
+    parser.add_argument("--tree-output", help="Where to write the grown tree (JSON list of paths).")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    parser.add_argument("--output", help="Write all figures as JSON here.")
+    args = parser.parse_args(argv)
+
+    dtype = {"auto": torch.bfloat16 if args.device.startswith("cuda") else torch.float32}.get(args.dtype) or getattr(torch, args.dtype)
+    model = MedusaModel.from_pretrained(args.model, base_model=args.base_model, dtype=dtype).to(args.device).eval()
+    tokenizer = model.get_tokenizer()
+    questions = load_questions(args.questions, args.limit)
+    prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}]) for q in questions]
+    sequences = greedy_continuations(model, prompts, args.max_new_tokens, args.batch_size)
+    all_hits = [head_hits(model, s, args.top_k) for s in tqdm(sequences, desc="head predictions")]
+    prompt_lens = [p.shape[1] for p in prompts]
+    acc = accuracies(all_hits, prompt_lens)
+    result = {"questions": len(questions), "new_tokens": sum(len(s) - n for s, n in zip(sequences, prompt_lens)),
+              "top1": acc[:, 0].tolist(), "top5": acc[:, :5].sum(1).tolist(), "accuracy": acc.tolist(), "trees": {}}
+    trees = {name: resolve_medusa_choices(name, model.config.medusa_num_heads) for name in args.trees}
+    if args.build_tree:
+        trees[f"built_{args.build_tree}"] = build_tree(acc, args.build_tree)
+        if args.tree_output:
+            with open(args.tree_output, "w") as f:
+                json.dump(trees[f"built_{args.build_tree}"], f)
+    for name, tree in trees.items():
+        lengths = [a for hits, n in zip(all_hits, prompt_lens) for a in simulate_accept_lengths(hits, n, tree)]
+        result["trees"][name] = {"nodes": len(tree), "tokens_per_step": sum(a + 1 for a in lengths) / len(lengths),
+                                 "expected_tokens_per_step": expected_tokens_per_step(acc, tree)}
+    for d in range(acc.shape[0]):
+        print(f"head {d}: top-1 {result['top1'][d]:.3f}  top-5 {result['top5'][d]:.3f}")
+    for name, figures in result["trees"].items():
+        print(f"{name} ({figures['nodes']} nodes): {figures['tokens_per_step']:.3f} tokens/step "
+              f"(independence estimate {figures['expected_tokens_per_step']:.3f})")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
