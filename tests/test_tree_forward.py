@@ -102,9 +102,6 @@ def test_capacity_overflow_raises_before_any_write():
     three = torch.ones(3, 3, dtype=torch.bool).tril()
     with pytest.raises(CacheCapacityError, match="10 tokens cached \\+ 3 new > capacity 12"):
         _forward(model, torch.tensor([5, 6, 7]), three, torch.arange(10, 13), cache)
-    keys = torch.randn(1, 2, 3, 16)
-    with pytest.raises(CacheCapacityError):
-        cache.update(keys, keys, 0)
     with pytest.raises(CacheCapacityError):
         cache.commit(3)
     assert cache.length == 10

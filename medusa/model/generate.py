@@ -1,13 +1,16 @@
 """The Medusa decode loop: prefill, then tree steps until EOS or the token limit (DESIGN.md §1)."""
 
 from collections.abc import Iterator
+from functools import partial
 
 import torch
 
 from .candidates import choose_root, generate_candidates
+from .cuda_graph import GraphedStep
 from .kv_cache import MedusaKVCache
 from .masks import model_attention_mask
 from .posterior import evaluate_posterior_greedy, evaluate_posterior_typical
+from .tree import TreeBuffers
 
 
 def _forward(model, tokens: torch.Tensor, new_mask: torch.Tensor, positions: torch.Tensor, cache: MedusaKVCache):
@@ -16,6 +19,38 @@ def _forward(model, tokens: torch.Tensor, new_mask: torch.Tensor, positions: tor
     mask = model_attention_mask(model.base_model.config, cache.length, new_mask, positions, cache.capacity,
                                 model.lm_head.weight.dtype)
     return model.hidden_states(tokens[None], mask, positions[None], cache)[0]
+
+
+def tree_step(model, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Tensor, head_logits: torch.Tensor,
+              temperature: float = 0.0, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3):
+    """One Medusa step: verify the tree in one forward, accept a path, compact the cache.
+
+    Static shapes and no host synchronisation, so it can be captured in a CUDA graph.
+
+    Args:
+        root: ``[1]`` the token that follows the accepted sequence.
+        head_logits: ``[heads, V]`` the heads' logits at the last accepted position (ignored for a
+            root-only tree, which makes this a plain greedy step).
+
+    Returns:
+        tokens ``[depth + 1]`` (the chosen path; its first ``accept_length + 1`` are new),
+        accept_length (0-d), base logits ``[V]`` and head logits ``[heads, V]`` at the last
+        accepted token.
+    """
+    tree_candidates, candidates = generate_candidates(root, head_logits, buffers)
+    hidden = _forward(model, tree_candidates, buffers.attn_mask, cache.length + buffers.position_ids, cache)
+    logits = model.lm_logits(hidden)
+    path_logits = logits[buffers.retrieve_indices]
+    if temperature == 0:
+        best, accept_length = evaluate_posterior_greedy(path_logits, candidates, buffers.path_valid)
+    else:
+        best, accept_length = evaluate_posterior_typical(path_logits, candidates, buffers.path_valid, temperature,
+                                                         posterior_threshold, posterior_alpha)
+    path = buffers.retrieve_indices[best]
+    cache.accept(path, accept_length + 1)
+    last = path[accept_length]
+    next_head_logits = model.head_logits(hidden[last]) if buffers.depth else head_logits
+    return candidates[best], accept_length, logits[last], next_head_logits
 
 
 def _eos_ids(model, eos_token_id) -> set[int]:
@@ -52,7 +87,7 @@ def _token_budget(model, prompt_len: int, tree_size: int, depth: int, max_steps:
 def medusa_generate(model, input_ids: torch.Tensor, temperature: float = 0.0, max_steps: int = 512,
                     max_new_tokens: int | None = None, medusa_choices=None, posterior_threshold: float = 0.09,
                     posterior_alpha: float = 0.3, eos_token_id: int | list[int] | None = None,
-                    generator: torch.Generator | None = None) -> Iterator[dict]:
+                    generator: torch.Generator | None = None, cuda_graph: bool | None = None) -> Iterator[dict]:
     """Generate with Medusa heads, yielding after every step.
 
     Args:
@@ -62,10 +97,12 @@ def medusa_generate(model, input_ids: torch.Tensor, temperature: float = 0.0, ma
             typical acceptance with ``posterior_threshold`` (epsilon) and ``posterior_alpha``.
         max_steps: most tree steps; max_new_tokens: most new tokens (default: what the steps and
             the context allow).
-        medusa_choices: the tree (preset name, JSON string, JSON file, list of paths, or None for
-            the default preset).
+        medusa_choices: the tree (preset name, JSON string, JSON file, list of paths, None for the
+            default preset, or ``"none"`` for no speculation: the library's plain greedy loop).
         eos_token_id: stop token(s); default the base model's generation config.
         generator: random generator for sampling.
+        cuda_graph: replay each greedy step from a CUDA graph (default: on for CUDA models at
+            temperature 0).
 
     Yields:
         dict with ``text`` (whole reply so far, special tokens skipped; None without a tokenizer),
@@ -74,44 +111,51 @@ def medusa_generate(model, input_ids: torch.Tensor, temperature: float = 0.0, ma
         (tokens accepted after it are dropped) or at the token limit.
     """
     if input_ids.ndim != 2 or input_ids.shape[0] != 1:
-        raise ValueError(f"medusa_generate takes input_ids of shape [1, prompt_len]; got {tuple(input_ids.shape)}.")
+        raise ValueError(f"medusa_generate takes input_ids of shape [1, prompt_len] (batch size 1); got {tuple(input_ids.shape)}.")
     if input_ids.shape[1] == 0:
         raise ValueError("The prompt is empty.")
     buffers = model.tree_buffers(medusa_choices)
     prompt_len = input_ids.shape[1]
     budget = _token_budget(model, prompt_len, buffers.num_nodes, buffers.depth, max_steps, max_new_tokens)
-    cache = MedusaKVCache.for_model(model.base_model, prompt_len + budget + buffers.num_nodes)
-    eos = _eos_ids(model, eos_token_id)
-    tokenizer = model.tokenizer
     device = model.lm_head.weight.device
+    if cuda_graph is None:
+        cuda_graph = device.type == "cuda" and temperature == 0
+    if cuda_graph and (device.type != "cuda" or temperature != 0):
+        raise ValueError("cuda_graph=True needs a CUDA model and temperature 0.")
+    eos = _eos_ids(model, eos_token_id)
 
-    prompt = input_ids[0].to(device)
-    positions = torch.arange(prompt_len, device=device)
+    with model.decode_cache(prompt_len + budget + buffers.num_nodes) as (cache, graphs):
+        yield from _decode(model, buffers, cache, graphs, input_ids[0].to(device), budget, max_steps, eos, cuda_graph,
+                           generator, temperature=temperature, posterior_threshold=posterior_threshold,
+                           posterior_alpha=posterior_alpha)
+
+
+def _decode(model, buffers: TreeBuffers, cache: MedusaKVCache, graphs: dict, prompt: torch.Tensor, budget: int,
+            max_steps: int, eos: set[int], cuda_graph: bool, generator, **posterior) -> Iterator[dict]:
+    """Prefill, then steps; see :func:`medusa_generate` for what is yielded."""
+    device, prompt_len, temperature = prompt.device, prompt.shape[0], posterior["temperature"]
     causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).tril()
-    hidden = _forward(model, prompt, causal, positions, cache)[-1]
+    hidden = _forward(model, prompt, causal, torch.arange(prompt_len, device=device), cache)[-1]
     cache.commit(prompt_len)
     logits, head_logits = model.lm_logits(hidden), model.head_logits(hidden)
 
+    step = partial(tree_step, model, buffers, cache, **posterior)
+    if cuda_graph:
+        key = buffers.key
+        if key not in graphs:
+            graphs[key] = GraphedStep(step, (logits.argmax(-1, keepdim=True), head_logits), cache)
+        step = graphs[key]
+
+    tokenizer = model.tokenizer
     generated: list[int] = []
     text = ""
     for _ in range(max_steps):
-        root = choose_root(logits, temperature, generator)
-        tree_candidates, candidates = generate_candidates(root, head_logits, buffers)
-        tree_hidden = _forward(model, tree_candidates, buffers.attn_mask, cache.length + buffers.position_ids, cache)
-        tree_logits = model.lm_logits(tree_hidden)
-        path_logits = tree_logits[buffers.retrieve_indices]
-        if temperature == 0:
-            best, accept_length = evaluate_posterior_greedy(path_logits, candidates, buffers.path_valid)
-        else:
-            best, accept_length = evaluate_posterior_typical(path_logits, candidates, buffers.path_valid, temperature,
-                                                             posterior_threshold, posterior_alpha)
-        accept_length = int(accept_length)  # the step's one device-to-host sync
-        path = buffers.retrieve_indices[best]
-        cache.accept(path, accept_length + 1)
-        last = tree_hidden[path[accept_length]]
-        logits, head_logits = tree_logits[path[accept_length]], model.head_logits(last)
+        cache.check_capacity(buffers.num_nodes)
+        tokens, accept_length, logits, head_logits = step(choose_root(logits, temperature, generator), head_logits)
+        accept_length, *tokens = torch.cat([accept_length[None], tokens]).tolist()  # the step's one host sync
+        cache.host_length += accept_length + 1
 
-        new_ids = candidates[best, : accept_length + 1].tolist()
+        new_ids = tokens[: accept_length + 1]
         stop = False
         for i, token in enumerate(new_ids):
             if token in eos:
@@ -122,7 +166,7 @@ def medusa_generate(model, input_ids: torch.Tensor, temperature: float = 0.0, ma
         generated += new_ids
         new_text = None
         if tokenizer is not None:
-            full = tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+            full = tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
             new_text = full[len(text) :] if full.startswith(text) else full
             text = full
         yield {

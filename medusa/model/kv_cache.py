@@ -40,7 +40,12 @@ class _StaticKVLayer(CacheLayerMixin):
 
 
 class MedusaKVCache(Cache):
-    """Static KV cache with a committed ``length`` and in-place compaction of accepted tree nodes.
+    """Static KV cache with a committed length and in-place compaction of accepted tree nodes.
+
+    The write offset ``length`` is a 0-d device tensor, so a whole decode step (writes, mask,
+    compaction) runs without reading it on the host and can be captured in a CUDA graph.
+    ``host_length`` mirrors it on the host for capacity checks; the decode loop advances it once per
+    step when it reads the accepted tokens back.
 
     Args:
         num_layers, num_kv_heads, head_dim: of the base model's attention layers.
@@ -57,7 +62,10 @@ class MedusaKVCache(Cache):
         ]
         super().__init__(layers=layers)
         self.capacity = capacity
-        self.length = 0
+        self.length = torch.zeros((), dtype=torch.long, device=device)
+        self.host_length = 0
+        self.in_use = False
+        self._slots = torch.arange(capacity, device=device)
 
     @classmethod
     def for_model(cls, model, capacity: int, batch_size: int = 1) -> "MedusaKVCache":
@@ -68,11 +76,20 @@ class MedusaKVCache(Cache):
         weight = model.get_output_embeddings().weight
         return cls(config.num_hidden_layers, num_kv_heads, head_dim, capacity, batch_size, weight.dtype, weight.device)
 
+    def reset(self) -> None:
+        """Forget every entry (the buffers keep their contents; the mask hides them)."""
+        self.length.zero_()
+        self.host_length = 0
+
     def check_capacity(self, num_new: int) -> None:
-        """Raise :class:`CacheCapacityError` unless ``num_new`` more slots fit after ``length``."""
-        if self.length + num_new > self.capacity:
+        """Raise :class:`CacheCapacityError` unless ``num_new`` more slots fit after ``host_length``.
+
+        Call before a forward over ``num_new`` tokens: the writes themselves are not checked, to keep
+        them free of host synchronisation.
+        """
+        if self.host_length + num_new > self.capacity:
             raise CacheCapacityError(
-                f"KV cache overflow: {self.length} tokens cached + {num_new} new > capacity {self.capacity}. "
+                f"KV cache overflow: {self.host_length} tokens cached + {num_new} new > capacity {self.capacity}. "
                 "Allocate a larger cache (prompt + max_new_tokens + tree size)."
             )
 
@@ -82,33 +99,34 @@ class MedusaKVCache(Cache):
         Returns the whole buffers ``[batch, kv_heads, capacity, head_dim]``; the attention mask decides
         which slots count.
         """
-        q = key_states.shape[-2]
-        self.check_capacity(q)
+        index = self.length + self._slots[: key_states.shape[-2]]
         layer = self.layers[layer_idx]
-        layer.keys[:, :, self.length : self.length + q] = key_states
-        layer.values[:, :, self.length : self.length + q] = value_states
+        layer.keys.index_copy_(2, index, key_states)
+        layer.values.index_copy_(2, index, value_states)
         return layer.keys, layer.values
 
     def commit(self, num_tokens: int) -> None:
         """Count the ``num_tokens`` entries just written after ``length`` as part of the sequence."""
         self.check_capacity(num_tokens)
         self.length += num_tokens
+        self.host_length += num_tokens
 
-    def accept(self, node_indices: torch.Tensor, num_accepted: int) -> None:
-        """Keep the accepted path of the tree just written after ``length``.
+    def accept(self, node_indices: torch.Tensor, num_accepted: torch.Tensor) -> None:
+        """Keep the accepted path of the tree just written after ``length`` (device side only).
 
         Args:
             node_indices: ``[depth + 1]`` tree node indices of one root-to-leaf path (padding may
                 be any valid index); entry i moves to slot ``length + i``.
-            num_accepted: how many leading entries of the path were accepted; ``length`` grows by it.
+            num_accepted: 0-d tensor, how many leading entries of the path were accepted; ``length``
+                grows by it. The caller advances ``host_length`` once it has read the count.
         """
         src = self.length + node_indices
-        dst = self.length + torch.arange(node_indices.shape[0], device=node_indices.device)
+        dst = self.length + self._slots[: node_indices.shape[0]]
         for layer in self.layers:
-            # Indexing on the right makes a copy first, so overlapping src/dst is safe.
-            layer.keys[:, :, dst] = layer.keys[:, :, src]
-            layer.values[:, :, dst] = layer.values[:, :, src]
+            # index_select copies first, so overlapping src/dst is safe.
+            layer.keys.index_copy_(2, dst, layer.keys.index_select(2, src))
+            layer.values.index_copy_(2, dst, layer.values.index_select(2, src))
         self.length += num_accepted
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.length
+        return self.host_length

@@ -8,9 +8,12 @@ Because the mask replaces the model's own masking, sliding-window layers get the
 import torch
 
 
-def attention_mask(cache_length: int, new_mask: torch.Tensor, positions: torch.Tensor, capacity: int,
+def attention_mask(cache_length: torch.Tensor | int, new_mask: torch.Tensor, positions: torch.Tensor, capacity: int,
                    dtype: torch.dtype, sliding_window: int | None = None) -> torch.Tensor:
     """Mask for ``q`` new tokens written at cache slots ``[cache_length, cache_length + q)``.
+
+    Built with tensor ops only (``cache_length`` may be a device tensor), so it can be captured in a
+    CUDA graph.
 
     Args:
         cache_length: committed tokens; slot j < cache_length holds the token at position j.
@@ -24,16 +27,14 @@ def attention_mask(cache_length: int, new_mask: torch.Tensor, positions: torch.T
         ``[1, 1, q, capacity]`` in ``dtype``.
     """
     q = new_mask.shape[0]
-    device = new_mask.device
-    allowed = torch.zeros(q, capacity, dtype=torch.bool, device=device)
-    allowed[:, :cache_length] = True
-    allowed[:, cache_length : cache_length + q] = new_mask
+    slots = torch.arange(capacity, device=new_mask.device)
+    offset = slots - cache_length  # [capacity]; >= 0 for the new tokens' slots
+    new_index = offset.clamp(0, q - 1)
+    allowed = (offset < 0)[None, :] | (new_mask[:, new_index] & (offset < q)[None, :])
     if sliding_window is not None:
-        key_positions = torch.full((capacity,), -1, dtype=torch.long, device=device)
-        key_positions[:cache_length] = torch.arange(cache_length, device=device)
-        key_positions[cache_length : cache_length + q] = positions
+        key_positions = torch.where(offset < 0, slots, positions[new_index])
         allowed &= key_positions[None, :] > positions[:, None] - sliding_window
-    mask = torch.zeros(q, capacity, dtype=dtype, device=device)
+    mask = torch.zeros(q, capacity, dtype=dtype, device=new_mask.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[None, None]
 

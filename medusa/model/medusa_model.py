@@ -2,6 +2,7 @@
 
 import inspect
 import os
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -13,7 +14,7 @@ from .generate import medusa_generate
 from .heads import MedusaHeads
 from .kv_cache import MedusaKVCache
 from .medusa_choices import resolve_medusa_choices
-from .tree import TreeBuffers, generate_medusa_buffers
+from .tree import TreeBuffers, generate_medusa_buffers, root_only_buffers
 
 
 class MedusaModel(nn.Module):
@@ -47,6 +48,8 @@ class MedusaModel(nn.Module):
         self._cache_kwarg = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
         self._softcap = getattr(text_config, "final_logit_softcapping", None)
         self._trees: dict[tuple, TreeBuffers] = {}
+        self._decode_cache: MedusaKVCache | None = None
+        self._graphs: dict[tuple, object] = {}
 
     # ----------------------------------------------------------------------------- loading / saving
     @classmethod
@@ -134,13 +137,43 @@ class MedusaModel(nn.Module):
 
     # ----------------------------------------------------------------------------- generation
     def tree_buffers(self, medusa_choices=None) -> TreeBuffers:
-        """Buffers for a tree (preset name, JSON, file or list; None = default), built once per tree."""
+        """Buffers for a tree (preset name, JSON, file or list; None = default; "none" = no speculation)."""
+        device = self.lm_head.weight.device
+        if medusa_choices == "none":
+            return root_only_buffers(device)
         tree = resolve_medusa_choices(medusa_choices, self.config.medusa_num_heads)
         key = tuple(map(tuple, tree))
         if key not in self._trees:
-            self._trees[key] = generate_medusa_buffers(tree, self.lm_head.weight.device)
+            self._trees[key] = generate_medusa_buffers(tree, device)
         return self._trees[key]
+
+    @contextmanager
+    def decode_cache(self, capacity: int):
+        """A zero-length KV cache of at least ``capacity`` slots and the CUDA graphs captured on it.
+
+        Reused across calls (capacity rounded up to a multiple of 256, so graphs are captured once
+        for many prompts); a call made while another generation holds it gets a private cache.
+        """
+        if self._decode_cache is not None and self._decode_cache.in_use:
+            cache = MedusaKVCache.for_model(self.base_model, capacity)
+            cache.in_use = True
+            yield cache, {}
+            return
+        if self._decode_cache is None or self._decode_cache.capacity < capacity:
+            self._decode_cache = MedusaKVCache.for_model(self.base_model, -(-capacity // 256) * 256)
+            self._graphs = {}
+        cache = self._decode_cache
+        cache.reset()
+        cache.in_use = True
+        try:
+            yield cache, self._graphs
+        finally:
+            cache.in_use = False
 
     def medusa_generate(self, input_ids: torch.Tensor, **kwargs):
         """Streaming Medusa generation; see :func:`medusa.model.generate.medusa_generate`."""
         return medusa_generate(self, input_ids, **kwargs)
+
+    def greedy_generate(self, input_ids: torch.Tensor, **kwargs):
+        """Plain greedy decoding, one token per step, on the same cache and graph machinery (the baseline)."""
+        return medusa_generate(self, input_ids, medusa_choices="none", **kwargs)

@@ -24,6 +24,7 @@ class TreeBuffers:
         path_valid: ``[leaves, depth + 1]`` bool; False on the padding of ``retrieve_indices``.
         top_k: candidates taken from each head (max rank + 1).
         depth: longest path (heads used).
+        key: the sorted paths as a tuple of tuples (identifies the tree).
     """
 
     attn_mask: torch.Tensor
@@ -33,10 +34,18 @@ class TreeBuffers:
     path_valid: torch.Tensor
     top_k: int
     depth: int
+    key: tuple
 
     @property
     def num_nodes(self) -> int:
         return self.tree_indices.shape[0]
+
+
+def root_only_buffers(device: torch.device | str = "cpu") -> TreeBuffers:
+    """The tree with no Medusa nodes: one token per step, i.e. plain greedy decoding."""
+    true = torch.ones(1, 1, dtype=torch.bool, device=device)
+    zero = torch.zeros(1, dtype=torch.long, device=device)
+    return TreeBuffers(true, zero, zero, zero[None], true, top_k=0, depth=0, key=())
 
 
 def sort_paths(paths: list[list[int]]) -> list[list[int]]:
@@ -72,4 +81,5 @@ def generate_medusa_buffers(paths: list[list[int]], device: torch.device | str =
         path_valid[row, : len(nodes)] = True
 
     to = lambda t: t.to(device)  # noqa: E731
-    return TreeBuffers(to(attn_mask), to(tree_indices), to(position_ids), to(retrieve_indices), to(path_valid), top_k, depth)
+    return TreeBuffers(to(attn_mask), to(tree_indices), to(position_ids), to(retrieve_indices), to(path_valid), top_k, depth,
+                       tuple(map(tuple, paths)))
