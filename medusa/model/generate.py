@@ -4,10 +4,12 @@ from collections.abc import Iterator
 
 import torch
 
-from .candidates import choose_root, generate_candidates
+from .candidates import generate_candidates
 from .kv_cache import MedusaKVCache
 from .masks import model_attention_mask
-from .posterior import evaluate_posterior_greedy, evaluate_posterior_typical
+from .posterior import evaluate_posterior_greedy, evaluate_posterior_lossless, evaluate_posterior_typical
+from .sampling import choose_root, resolve_sampling
+from .tree import TreeBuffers
 
 
 def _forward(model, tokens: torch.Tensor, new_mask: torch.Tensor, positions: torch.Tensor, cache: MedusaKVCache):
@@ -16,6 +18,26 @@ def _forward(model, tokens: torch.Tensor, new_mask: torch.Tensor, positions: tor
     mask = model_attention_mask(model.base_model.config, cache.length, new_mask, positions, cache.capacity,
                                 model.lm_head.weight.dtype)
     return model.hidden_states(tokens[None], mask, positions[None], cache)[0]
+
+
+def _verify(sampling: str, tree_logits: torch.Tensor, tree_candidates: torch.Tensor, candidates: torch.Tensor,
+            buffers: TreeBuffers, posterior_threshold: float, posterior_alpha: float,
+            generator: torch.Generator | None, temperature: float, top_k: int, top_p: float):
+    """Accept a path of the tree: ``(best_path, accept_length, next_root [1])``.
+
+    Lossless sampling draws the next root from its residual; greedy and typical choose it from the
+    base logits after the last accepted token.
+    """
+    if sampling == "lossless":
+        return evaluate_posterior_lossless(tree_logits, tree_candidates, buffers, temperature, top_k, top_p, generator)
+    path_logits = tree_logits[buffers.retrieve_indices]
+    if sampling == "greedy":
+        best, accept_length = evaluate_posterior_greedy(path_logits, candidates, buffers.path_valid)
+    else:
+        best, accept_length = evaluate_posterior_typical(path_logits, candidates, buffers.path_valid, temperature,
+                                                         posterior_threshold, posterior_alpha, top_k, top_p)
+    root = choose_root(path_logits[best, accept_length], temperature, top_k, top_p, generator)
+    return best, accept_length, root
 
 
 def _eos_ids(model, eos_token_id) -> set[int]:
@@ -52,20 +74,26 @@ def _token_budget(model, prompt_len: int, tree_size: int, depth: int, max_steps:
 def medusa_generate(model, input_ids: torch.Tensor, temperature: float = 0.0, max_steps: int = 512,
                     max_new_tokens: int | None = None, medusa_choices=None, posterior_threshold: float = 0.09,
                     posterior_alpha: float = 0.3, eos_token_id: int | list[int] | None = None,
-                    generator: torch.Generator | None = None) -> Iterator[dict]:
+                    generator: torch.Generator | None = None, sampling: str | None = None, top_k: int = 0,
+                    top_p: float = 1.0) -> Iterator[dict]:
     """Generate with Medusa heads, yielding after every step.
 
     Args:
         model: a :class:`~medusa.model.MedusaModel`.
         input_ids: ``[1, prompt_len]`` (batch size 1).
         temperature: 0 for greedy (output equals plain greedy decoding of the base model); above 0,
-            typical acceptance with ``posterior_threshold`` (epsilon) and ``posterior_alpha``.
+            sampling from the base distribution at this temperature, cut by ``top_k`` / ``top_p``.
+        sampling: ``"greedy"`` (temperature 0), ``"lossless"`` (the default above temperature 0:
+            output distributed exactly as sampling from the base model) or ``"typical"`` (typical
+            acceptance with ``posterior_threshold`` (epsilon) and ``posterior_alpha``; lossy, accepts
+            more). See docs/sampling.md.
         max_steps: most tree steps; max_new_tokens: most new tokens (default: what the steps and
             the context allow).
         medusa_choices: the tree (preset name, JSON string, JSON file, list of paths, or None for
             the default preset).
         eos_token_id: stop token(s); default the base model's generation config.
-        generator: random generator for sampling.
+        generator: random generator (on the model's device) for all sampling; seed it for
+            reproducible output.
 
     Yields:
         dict with ``text`` (whole reply so far, special tokens skipped; None without a tokenizer),
@@ -77,6 +105,8 @@ def medusa_generate(model, input_ids: torch.Tensor, temperature: float = 0.0, ma
         raise ValueError(f"medusa_generate takes input_ids of shape [1, prompt_len]; got {tuple(input_ids.shape)}.")
     if input_ids.shape[1] == 0:
         raise ValueError("The prompt is empty.")
+    sampling = resolve_sampling(sampling, temperature, top_k, top_p)
+    base_distribution = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     buffers = model.tree_buffers(medusa_choices)
     prompt_len = input_ids.shape[1]
     budget = _token_budget(model, prompt_len, buffers.num_nodes, buffers.depth, max_steps, max_new_tokens)
@@ -90,26 +120,21 @@ def medusa_generate(model, input_ids: torch.Tensor, temperature: float = 0.0, ma
     causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).tril()
     hidden = _forward(model, prompt, causal, positions, cache)[-1]
     cache.commit(prompt_len)
-    logits, head_logits = model.lm_logits(hidden), model.head_logits(hidden)
+    root = choose_root(model.lm_logits(hidden), generator=generator, **base_distribution)
+    head_logits = model.head_logits(hidden)
 
     generated: list[int] = []
     text = ""
     for _ in range(max_steps):
-        root = choose_root(logits, temperature, generator)
         tree_candidates, candidates = generate_candidates(root, head_logits, buffers)
         tree_hidden = _forward(model, tree_candidates, buffers.attn_mask, cache.length + buffers.position_ids, cache)
         tree_logits = model.lm_logits(tree_hidden)
-        path_logits = tree_logits[buffers.retrieve_indices]
-        if temperature == 0:
-            best, accept_length = evaluate_posterior_greedy(path_logits, candidates, buffers.path_valid)
-        else:
-            best, accept_length = evaluate_posterior_typical(path_logits, candidates, buffers.path_valid, temperature,
-                                                             posterior_threshold, posterior_alpha)
-        accept_length = int(accept_length)  # the step's one device-to-host sync
+        best, accept_length, root = _verify(sampling, tree_logits, tree_candidates, candidates, buffers,
+                                            posterior_threshold, posterior_alpha, generator, **base_distribution)
+        accept_length = int(accept_length)  # the step's one device-to-host sync (greedy)
         path = buffers.retrieve_indices[best]
         cache.accept(path, accept_length + 1)
-        last = tree_hidden[path[accept_length]]
-        logits, head_logits = tree_logits[path[accept_length]], model.head_logits(last)
+        head_logits = model.head_logits(tree_hidden[path[accept_length]])
 
         new_ids = candidates[best, : accept_length + 1].tolist()
         stop = False
