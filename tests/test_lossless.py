@@ -6,6 +6,8 @@ first 1, 2, ..., L tokens at significance 1e-3 each. The same test must reject d
 acceptance rules, so it has the power to catch a lossy implementation.
 """
 
+import functools
+
 import pytest
 import torch
 from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
@@ -33,6 +35,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@functools.cache
 def medusa_for(temperature, top_k=0, top_p=1.0, num_heads=4):
     base = tiny_model("llama", vocab_size=VOCAB, seed=3, hidden_size=32, num_layers=1)
     return sampled_medusa(base, PROMPT, num_heads, temperature, top_k, top_p)

@@ -1,9 +1,10 @@
 """Posterior evaluation: which tree path to accept, and how much of it (DESIGN.md §4).
 
-All functions take the base logits gathered along the tree's paths, ``logits[p, i]`` being the
-base model's prediction after token i of path p, and return ``(best_path, accept_length)`` as 0-d
-long tensors: path ``best_path`` is accepted up to and including its ``accept_length``-th
-non-root token.
+Greedy and typical acceptance take the base logits gathered along the tree's paths, ``logits[p, i]``
+being the base model's prediction after token i of path p, and return ``(best_path, accept_length)``
+as 0-d long tensors: path ``best_path`` is accepted up to and including its ``accept_length``-th
+non-root token. Lossless sampling walks the tree node by node and also returns the next root
+(docs/sampling.md).
 """
 
 import torch
