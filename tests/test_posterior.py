@@ -61,6 +61,15 @@ def test_temperature_sharpens_before_the_test():
         assert int(length) == accepted
 
 
+def test_typical_tests_against_the_cut_distribution():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.2])).expand(2, 3)
+    # Token 2 (0.2 > 0.09) is accepted; outside the top 2, or outside the nucleus of 0.7, it has p = 0.
+    for kwargs, accepted in (({}, 1), ({"top_k": 2}, 0), ({"top_p": 0.7}, 0), ({"top_p": 0.9}, 1)):
+        _, length = evaluate_posterior_typical(logits[None], torch.tensor([[0, 2]]), torch.ones(1, 2, dtype=torch.bool),
+                                               1.0, **kwargs)
+        assert int(length) == accepted, kwargs
+
+
 def test_typical_prefers_longest_then_most_likely_path():
     # Vocabulary of 4; every position has the same distribution.
     p = torch.tensor([0.4, 0.35, 0.2, 0.05])

@@ -5,14 +5,6 @@ import torch
 from .tree import TreeBuffers
 
 
-def choose_root(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The next token from base logits ``[V]``: argmax at temperature 0, else a sample. Returns ``[1]``."""
-    if temperature == 0:
-        return logits.argmax(-1, keepdim=True)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)
-
-
 def generate_candidates(root: torch.Tensor, head_logits: torch.Tensor, buffers: TreeBuffers) -> tuple[torch.Tensor, torch.Tensor]:
     """Fill the tree with tokens.
 

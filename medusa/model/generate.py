@@ -5,11 +5,12 @@ from functools import partial
 
 import torch
 
-from .candidates import choose_root, generate_candidates
+from .candidates import generate_candidates
 from .cuda_graph import GraphedStep
 from .kv_cache import MedusaKVCache
 from .masks import model_attention_mask
-from .posterior import evaluate_posterior_greedy, evaluate_posterior_typical
+from .posterior import evaluate_posterior_greedy, evaluate_posterior_lossless, evaluate_posterior_typical
+from .sampling import choose_root, resolve_sampling
 from .tree import TreeBuffers
 
 
@@ -22,35 +23,43 @@ def _forward(model, tokens: torch.Tensor, new_mask: torch.Tensor, positions: tor
 
 
 def tree_step(model, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Tensor, head_logits: torch.Tensor,
-              temperature: float = 0.0, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3):
+              sampling: str = "greedy", temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+              posterior_threshold: float = 0.09, posterior_alpha: float = 0.3, generator: torch.Generator | None = None):
     """One Medusa step: verify the tree in one forward, accept a path, compact the cache.
 
-    Static shapes and no host synchronisation, so it can be captured in a CUDA graph.
+    Greedy steps have static shapes and no host synchronisation, so they can be captured in a CUDA
+    graph. Lossless sampling walks the tree on the host (one sync per visited node) and draws the
+    next root from its residual; greedy and typical take it from the base logits after the last
+    accepted token.
 
     Args:
         root: ``[1]`` the token that follows the accepted sequence.
         head_logits: ``[heads, V]`` the heads' logits at the last accepted position (ignored for a
-            root-only tree, which makes this a plain greedy step).
+            root-only tree, which makes this a plain decoding step).
 
     Returns:
         tokens ``[depth + 1]`` (the chosen path; its first ``accept_length + 1`` are new),
-        accept_length (0-d), base logits ``[V]`` and head logits ``[heads, V]`` at the last
+        accept_length (0-d), the next root ``[1]`` and the head logits ``[heads, V]`` at the last
         accepted token.
     """
     tree_candidates, candidates = generate_candidates(root, head_logits, buffers)
     hidden = _forward(model, tree_candidates, buffers.attn_mask, cache.length + buffers.position_ids, cache)
     logits = model.lm_logits(hidden)
-    path_logits = logits[buffers.retrieve_indices]
-    if temperature == 0:
-        best, accept_length = evaluate_posterior_greedy(path_logits, candidates, buffers.path_valid)
+    if sampling == "lossless":
+        best, accept_length, next_root = evaluate_posterior_lossless(logits, tree_candidates, buffers, temperature,
+                                                                     top_k, top_p, generator)
     else:
-        best, accept_length = evaluate_posterior_typical(path_logits, candidates, buffers.path_valid, temperature,
-                                                         posterior_threshold, posterior_alpha)
+        path_logits = logits[buffers.retrieve_indices]
+        if sampling == "greedy":
+            best, accept_length = evaluate_posterior_greedy(path_logits, candidates, buffers.path_valid)
+        else:
+            best, accept_length = evaluate_posterior_typical(path_logits, candidates, buffers.path_valid, temperature,
+                                                             posterior_threshold, posterior_alpha, top_k, top_p)
+        next_root = choose_root(path_logits[best, accept_length], temperature, top_k, top_p, generator)
     path = buffers.retrieve_indices[best]
     cache.accept(path, accept_length + 1)
-    last = path[accept_length]
-    next_head_logits = model.head_logits(hidden[last]) if buffers.depth else head_logits
-    return candidates[best], accept_length, logits[last], next_head_logits
+    next_head_logits = model.head_logits(hidden[path[accept_length]]) if buffers.depth else head_logits
+    return candidates[best], accept_length, next_root, next_head_logits
 
 
 def _eos_ids(model, eos_token_id) -> set[int]:
@@ -87,20 +96,26 @@ def _token_budget(model, prompt_len: int, tree_size: int, depth: int, max_steps:
 def medusa_generate(model, input_ids: torch.Tensor, temperature: float = 0.0, max_steps: int = 512,
                     max_new_tokens: int | None = None, medusa_choices=None, posterior_threshold: float = 0.09,
                     posterior_alpha: float = 0.3, eos_token_id: int | list[int] | None = None,
-                    generator: torch.Generator | None = None, cuda_graph: bool | None = None) -> Iterator[dict]:
+                    generator: torch.Generator | None = None, sampling: str | None = None, top_k: int = 0,
+                    top_p: float = 1.0, cuda_graph: bool | None = None) -> Iterator[dict]:
     """Generate with Medusa heads, yielding after every step.
 
     Args:
         model: a :class:`~medusa.model.MedusaModel`.
         input_ids: ``[1, prompt_len]`` (batch size 1).
         temperature: 0 for greedy (output equals plain greedy decoding of the base model); above 0,
-            typical acceptance with ``posterior_threshold`` (epsilon) and ``posterior_alpha``.
+            sampling from the base distribution at this temperature, cut by ``top_k`` / ``top_p``.
+        sampling: ``"greedy"`` (temperature 0), ``"lossless"`` (the default above temperature 0:
+            output distributed exactly as sampling from the base model) or ``"typical"`` (typical
+            acceptance with ``posterior_threshold`` (epsilon) and ``posterior_alpha``; lossy, accepts
+            more). See docs/sampling.md.
         max_steps: most tree steps; max_new_tokens: most new tokens (default: what the steps and
             the context allow).
         medusa_choices: the tree (preset name, JSON string, JSON file, list of paths, None for the
             default preset, or ``"none"`` for no speculation: the library's plain greedy loop).
         eos_token_id: stop token(s); default the base model's generation config.
-        generator: random generator for sampling.
+        generator: random generator (on the model's device) for all sampling; seed it for
+            reproducible output.
         cuda_graph: replay each greedy step from a CUDA graph (default: on for CUDA models at
             temperature 0).
 
@@ -114,45 +129,47 @@ def medusa_generate(model, input_ids: torch.Tensor, temperature: float = 0.0, ma
         raise ValueError(f"medusa_generate takes input_ids of shape [1, prompt_len] (batch size 1); got {tuple(input_ids.shape)}.")
     if input_ids.shape[1] == 0:
         raise ValueError("The prompt is empty.")
+    sampling = resolve_sampling(sampling, temperature, top_k, top_p)
     buffers = model.tree_buffers(medusa_choices)
     prompt_len = input_ids.shape[1]
     budget = _token_budget(model, prompt_len, buffers.num_nodes, buffers.depth, max_steps, max_new_tokens)
     device = model.lm_head.weight.device
     if cuda_graph is None:
-        cuda_graph = device.type == "cuda" and temperature == 0
-    if cuda_graph and (device.type != "cuda" or temperature != 0):
-        raise ValueError("cuda_graph=True needs a CUDA model and temperature 0.")
+        cuda_graph = device.type == "cuda" and sampling == "greedy"
+    if cuda_graph and (device.type != "cuda" or sampling != "greedy"):
+        raise ValueError("cuda_graph=True needs a CUDA model and greedy decoding (temperature 0).")
     eos = _eos_ids(model, eos_token_id)
 
     with model.decode_cache(prompt_len + budget + buffers.num_nodes) as (cache, graphs):
         yield from _decode(model, buffers, cache, graphs, input_ids[0].to(device), budget, max_steps, eos, cuda_graph,
-                           generator, temperature=temperature, posterior_threshold=posterior_threshold,
-                           posterior_alpha=posterior_alpha)
+                           sampling=sampling, temperature=temperature, top_k=top_k, top_p=top_p,
+                           posterior_threshold=posterior_threshold, posterior_alpha=posterior_alpha, generator=generator)
 
 
 def _decode(model, buffers: TreeBuffers, cache: MedusaKVCache, graphs: dict, prompt: torch.Tensor, budget: int,
-            max_steps: int, eos: set[int], cuda_graph: bool, generator, **posterior) -> Iterator[dict]:
+            max_steps: int, eos: set[int], cuda_graph: bool, **decoding) -> Iterator[dict]:
     """Prefill, then steps; see :func:`medusa_generate` for what is yielded."""
-    device, prompt_len, temperature = prompt.device, prompt.shape[0], posterior["temperature"]
+    device, prompt_len = prompt.device, prompt.shape[0]
     causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).tril()
     hidden = _forward(model, prompt, causal, torch.arange(prompt_len, device=device), cache)[-1]
     cache.commit(prompt_len)
-    logits, head_logits = model.lm_logits(hidden), model.head_logits(hidden)
+    root = choose_root(model.lm_logits(hidden), decoding["temperature"], decoding["top_k"], decoding["top_p"],
+                       decoding["generator"])
+    head_logits = model.head_logits(hidden)
 
-    step = partial(tree_step, model, buffers, cache, **posterior)
+    step = partial(tree_step, model, buffers, cache, **decoding)
     if cuda_graph:
-        key = buffers.key
-        if key not in graphs:
-            graphs[key] = GraphedStep(step, (logits.argmax(-1, keepdim=True), head_logits), cache)
-        step = graphs[key]
+        if buffers.key not in graphs:
+            graphs[buffers.key] = GraphedStep(step, (root, head_logits), cache)
+        step = graphs[buffers.key]
 
     tokenizer = model.tokenizer
     generated: list[int] = []
     text = ""
     for _ in range(max_steps):
         cache.check_capacity(buffers.num_nodes)
-        tokens, accept_length, logits, head_logits = step(choose_root(logits, temperature, generator), head_logits)
-        accept_length, *tokens = torch.cat([accept_length[None], tokens]).tolist()  # the step's one host sync
+        tokens, accept_length, root, head_logits = step(root, head_logits)
+        accept_length, *tokens = torch.cat([accept_length.reshape(1), tokens]).tolist()  # the step's one host sync
         cache.host_length += accept_length + 1
 
         new_ids = tokens[: accept_length + 1]

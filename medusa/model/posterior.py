@@ -1,12 +1,16 @@
 """Posterior evaluation: which tree path to accept, and how much of it (DESIGN.md §4).
 
-All functions take the base logits gathered along the tree's paths, ``logits[p, i]`` being the
-base model's prediction after token i of path p, and return ``(best_path, accept_length)`` as 0-d
-long tensors: path ``best_path`` is accepted up to and including its ``accept_length``-th
-non-root token.
+Greedy and typical acceptance take the base logits gathered along the tree's paths, ``logits[p, i]``
+being the base model's prediction after token i of path p, and return ``(best_path, accept_length)``
+as 0-d long tensors: path ``best_path`` is accepted up to and including its ``accept_length``-th
+non-root token. Lossless sampling walks the tree node by node and also returns the next root
+(docs/sampling.md).
 """
 
 import torch
+
+from .sampling import sampling_probs
+from .tree import TreeBuffers
 
 
 def _accepted_prefix(accept: torch.Tensor) -> torch.Tensor:
@@ -33,13 +37,14 @@ def typical_threshold(probs: torch.Tensor, posterior_threshold: float, posterior
 
 
 def evaluate_posterior_typical(logits: torch.Tensor, candidates: torch.Tensor, path_valid: torch.Tensor,
-                               temperature: float, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3):
+                               temperature: float, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3,
+                               top_k: int = 0, top_p: float = 1.0):
     """Typical acceptance (lossy by design): accept x if p(x) > min(epsilon, alpha * exp(-H(p))).
 
-    p is the base distribution at temperature ``temperature``. Among the longest accepted paths the
-    one with the largest summed log-probability of its accepted tokens wins.
+    p is the base distribution (:func:`~medusa.model.sampling.sampling_probs`). Among the longest
+    accepted paths the one with the largest summed log-probability of its accepted tokens wins.
     """
-    probs = torch.softmax(logits[:, :-1].float() / temperature, dim=-1)
+    probs = sampling_probs(logits[:, :-1], temperature, top_k, top_p)
     cand_probs = probs.gather(-1, candidates[:, 1:, None]).squeeze(-1)
     accept = (cand_probs > typical_threshold(probs, posterior_threshold, posterior_alpha)) & path_valid[:, 1:]
     prefix = _accepted_prefix(accept)
@@ -48,3 +53,63 @@ def evaluate_posterior_typical(logits: torch.Tensor, candidates: torch.Tensor, p
     score = torch.where(lengths == lengths.max(), log_likelihood, torch.full_like(log_likelihood, -torch.inf))
     best = score.argmax()
     return best, lengths[best]
+
+
+def rejection_chain(probs: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recursive rejection at one tree node whose children propose the distinct ``tokens``.
+
+    The children are tried in order: child i is accepted with probability ``r_i(x_i)``, r_i being
+    ``probs`` with ``x_1 .. x_{i-1}`` removed and renormalised; if all are rejected the token is drawn
+    from ``probs`` with every child removed (the residual). The output token is then distributed
+    exactly as ``probs``: child i is output with probability
+    ``prod_{j<i} (1 - r_j(x_j)) * r_i(x_i) = p(x_i)`` (the product telescopes to ``1 - sum_{j<i} p(x_j)``)
+    and any other token y with probability ``(1 - sum_j p(x_j)) * p(y) / (1 - sum_j p(x_j)) = p(y)``.
+
+    Args:
+        probs: ``[V]`` the base distribution at the node; tokens: ``[c]`` its children's tokens.
+
+    Returns:
+        accept ``[c]`` (``r_i(x_i)``) and the residual ``[V]`` (unnormalised weights).
+    """
+    masses = probs[tokens]
+    residual = probs.index_fill(0, tokens, 0)
+    # r_i(x_i) = p(x_i) / (p(x_i) + p(later children) + p(rest)): exactly 1 when nothing is left after
+    # x_i, so an all-rejected walk never reaches an empty residual.
+    left = masses.flip(0).cumsum(0).flip(0) + residual.sum()
+    return masses / left.clamp_min(torch.finfo(left.dtype).tiny), residual
+
+
+def evaluate_posterior_lossless(tree_logits: torch.Tensor, tree_candidates: torch.Tensor, buffers: TreeBuffers,
+                                temperature: float, top_k: int = 0, top_p: float = 1.0,
+                                generator: torch.Generator | None = None):
+    """Tree speculative sampling: the emitted tokens are distributed as sampling from the base model.
+
+    Walk down from the root: at each node, with p its base distribution, run :func:`rejection_chain`
+    over its children (distinct top-k tokens of the next head, fixed before p is seen). An accepted
+    child is emitted and the walk continues below it; otherwise the bonus token is drawn from the
+    residual (from p itself at a leaf) and becomes the next step's root. Each token emitted after a
+    prefix is distributed as p at that prefix, so the output is exact ancestral sampling.
+
+    Args:
+        tree_logits: ``[T, V]`` base logits at the tree's nodes; tree_candidates: ``[T]`` their tokens.
+        generator: all randomness (on the logits' device).
+
+    Returns:
+        ``(best_path, accept_length, next_root)``: a row of ``buffers.retrieve_indices`` through the
+        last accepted node, the accepted depth, and the bonus token ``[1]``.
+    """
+    node, depth = 0, 0
+    while True:
+        probs = sampling_probs(tree_logits[node], temperature, top_k, top_p)
+        children = buffers.children[node]
+        if not children:
+            residual = probs
+            break
+        accept, residual = rejection_chain(probs, tree_candidates[list(children)])
+        accepted = torch.rand(len(children), generator=generator, device=probs.device) < accept
+        hits = accepted.nonzero().flatten().tolist()  # the first hit is the child accepted in rank order
+        if not hits:
+            break
+        node, depth = children[hits[0]], depth + 1
+    best = torch.tensor(buffers.path_row[node], device=tree_logits.device)
+    return best, torch.tensor(depth, device=tree_logits.device), torch.multinomial(residual, 1, generator=generator)

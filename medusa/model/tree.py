@@ -24,6 +24,8 @@ class TreeBuffers:
         path_valid: ``[leaves, depth + 1]`` bool; False on the padding of ``retrieve_indices``.
         top_k: candidates taken from each head (max rank + 1).
         depth: longest path (heads used).
+        children: node i's children in rank order (host-side, for the lossless tree walk).
+        path_row: a row of ``retrieve_indices`` whose path runs through node i.
         key: the sorted paths as a tuple of tuples (identifies the tree).
     """
 
@@ -34,6 +36,8 @@ class TreeBuffers:
     path_valid: torch.Tensor
     top_k: int
     depth: int
+    children: tuple[tuple[int, ...], ...]
+    path_row: tuple[int, ...]
     key: tuple
 
     @property
@@ -45,7 +49,7 @@ def root_only_buffers(device: torch.device | str = "cpu") -> TreeBuffers:
     """The tree with no Medusa nodes: one token per step, i.e. plain greedy decoding."""
     true = torch.ones(1, 1, dtype=torch.bool, device=device)
     zero = torch.zeros(1, dtype=torch.long, device=device)
-    return TreeBuffers(true, zero, zero, zero[None], true, top_k=0, depth=0, key=())
+    return TreeBuffers(true, zero, zero, zero[None], true, top_k=0, depth=0, children=((),), path_row=(0,), key=())
 
 
 def sort_paths(paths: list[list[int]]) -> list[list[int]]:
@@ -80,6 +84,14 @@ def generate_medusa_buffers(paths: list[list[int]], device: torch.device | str =
         retrieve_indices[row, : len(nodes)] = torch.tensor(nodes)
         path_valid[row, : len(nodes)] = True
 
+    # Sorted paths list a node's children in rank order, and each node before its descendants.
+    children = tuple(tuple(index_of[tuple(p)] for p in paths if p[:-1] == list(parent))
+                     for parent in [[]] + paths)
+    path_row = [0] * num_nodes
+    for row, nodes in reversed(list(enumerate(retrieve_indices.tolist()))):
+        for node in nodes:
+            path_row[node] = row
+
     to = lambda t: t.to(device)  # noqa: E731
-    return TreeBuffers(to(attn_mask), to(tree_indices), to(position_ids), to(retrieve_indices), to(path_valid), top_k, depth,
-                       tuple(map(tuple, paths)))
+    return TreeBuffers(to(attn_mask), to(tree_indices), to(position_ids), to(retrieve_indices), to(path_valid), top_k,
+                       depth, children, tuple(path_row), tuple(map(tuple, paths)))
