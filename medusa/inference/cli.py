@@ -32,29 +32,31 @@ class CliError(Exception):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m medusa.inference.cli", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m medusa.inference.cli",
+                                description="Chat with a Medusa model (default: the demo model, SmolLM2-135M-Instruct).",
+                                epilog="Commands in the chat: !!exit, !!reset, !!remove, !!regen, !!save <file>, "
+                                       "!!load <file>. Ctrl-C stops the reply; Ctrl-D quits.")
     p.add_argument("--model", help="Medusa heads directory (any supported layout); default: the demo model")
     p.add_argument("--base-model", help="base model directory, overriding the one the heads' config names")
     quant = p.add_mutually_exclusive_group()
     quant.add_argument("--load-in-8bit", action="store_true", help="quantise the base model to 8 bits (bitsandbytes)")
     quant.add_argument("--load-in-4bit", action="store_true", help="quantise the base model to 4 bits (bitsandbytes)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda if available")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto (default): cuda if available")
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
-                   help="auto: float32 on cpu, the checkpoint's dtype on cuda")
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (exactly the base model's output)")
-    p.add_argument("--max-steps", type=int, default=512, help="most Medusa steps per reply")
+                   help="auto (default): float32 on cpu, the checkpoint's dtype on cuda")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy, exactly the base model's output")
+    p.add_argument("--max-steps", type=int, default=512, help="most Medusa steps per reply (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, help="most new tokens per reply (default: what the steps allow)")
     p.add_argument("--medusa-choices", help=f"tree: a preset ({', '.join(sorted(presets()))}), a JSON list of paths "
                                             "or a JSON file (default: mc_sim_7b_63 cut to the number of heads)")
-    p.add_argument("--posterior-threshold", type=float, default=0.09, help="typical acceptance epsilon (temperature > 0)")
-    p.add_argument("--posterior-alpha", type=float, default=0.3, help="typical acceptance alpha (temperature > 0)")
+    p.add_argument("--posterior-threshold", type=float, default=0.09, help="typical acceptance epsilon for temperature > 0 (default: %(default)s)")
+    p.add_argument("--posterior-alpha", type=float, default=0.3, help="typical acceptance alpha for temperature > 0 (default: %(default)s)")
     p.add_argument("--conv-template", help="FastChat conversation template (e.g. vicuna_v1.1) instead of the "
                                            "tokenizer's chat template; needed for models without one")
     p.add_argument("--conv-system-msg", help="system message of the conversation")
-    p.add_argument("--style", choices=sorted(STYLES), default="simple", help="terminal front end")
-    p.add_argument("--multiline", action="store_true", help="multi-line input (simple: Ctrl-D ends; rich: Esc-Enter "
-                                                            "adds a line)")
+    p.add_argument("--style", choices=sorted(STYLES), default="simple", help="terminal front end (default: %(default)s)")
+    p.add_argument("--multiline", action="store_true", help="multi-line input (simple: Ctrl-D on an empty line ends "
+                                                            "it; rich: Esc-Enter adds a line)")
     p.add_argument("--no-history", action="store_true", help="answer every message on its own, without the chat so far")
     p.add_argument("--debug", action="store_true", help="also show the prompt length and each step's accept length")
     args = p.parse_args(argv)
