@@ -153,7 +153,8 @@ def test_rich_style_two_turns_and_reset(demo_heads):
             child.expect_exact("The waves of the sea, a silent")  # --no-history: the same answer twice
             child.expect(STATS)
     child.expect_exact("user:")
-    child.sendeof()
+    # Not Ctrl-D: sent before prompt_toolkit switches the terminal to raw mode, it would end the input stream.
+    child.sendline("!!exit")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0

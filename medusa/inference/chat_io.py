@@ -56,22 +56,27 @@ class SimpleChatIO:
 
 
 class RichChatIO(SimpleChatIO):
-    """prompt_toolkit input (history, command completion; Esc-Enter for a new line with ``multiline``)
-    and the reply rendered as Markdown while it streams."""
+    """prompt_toolkit input (history, command completion; with ``multiline`` Esc-Enter adds a line, Enter
+    sends) and the reply rendered as Markdown while it streams."""
 
     def __init__(self, multiline: bool = False):
         from prompt_toolkit import PromptSession
         from prompt_toolkit.completion import WordCompleter
         from prompt_toolkit.history import InMemoryHistory
+        from prompt_toolkit.key_binding import KeyBindings
         from rich.console import Console
 
         super().__init__(multiline)
-        self._session = PromptSession(history=InMemoryHistory(), completer=WordCompleter(COMMANDS, sentence=True))
+        bindings = KeyBindings()
+        if multiline:
+            bindings.add("escape", "enter")(lambda event: event.app.current_buffer.newline())
+        self._session = PromptSession(history=InMemoryHistory(), completer=WordCompleter(COMMANDS, sentence=True),
+                                      key_bindings=bindings)
         self._console = Console()
 
     def prompt_for_input(self, role: str) -> str:
         self._console.print(f"[bold]{role}:")
-        return self._session.prompt("> ", multiline=self.multiline)
+        return self._session.prompt("> ")
 
     def prompt_for_output(self, role: str) -> None:
         self._console.print(f"[bold]{role}:")
