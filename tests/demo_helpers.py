@@ -1,5 +1,7 @@
 """The demo base model in tests: a recorded greedy answer, and fresh (untrained) heads on it."""
 
+import contextlib
+
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -21,3 +23,14 @@ def fresh_demo_heads(base_dir: str, out_dir: str, num_heads: int = 2) -> str:
     config = MedusaConfig(medusa_num_heads=num_heads, base_model_name_or_path=DEMO_BASE_NAME)
     MedusaModel(base, config).save_pretrained(out_dir)
     return out_dir
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch single-threaded: the test machine's cores are shared, and oversubscribed threads spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -16,7 +16,7 @@ import transformers
 from medusa import demo
 from medusa.inference import cli
 from medusa.model import MedusaConfig, MedusaModel
-from tests.demo_helpers import HAIKU_GREEDY_TEXT, HAIKU_PROMPT, SMALL_TREE, fresh_demo_heads
+from tests.demo_helpers import HAIKU_GREEDY_TEXT, HAIKU_PROMPT, SMALL_TREE, fresh_demo_heads, one_thread
 from tests.tiny import tiny_model, tiny_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,12 +63,10 @@ def _env(**extra):
 
 def _run_main(argv, monkeypatch, capsys, stdin=""):
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        code = cli.main(argv)
+        with one_thread():
+            code = cli.main(argv)
     finally:  # main() quiets transformers for the chat; give the other tests their warnings back
-        torch.set_num_threads(threads)
         transformers.logging.set_verbosity_warning()
         transformers.logging.enable_progress_bar()
     out, err = capsys.readouterr()
@@ -243,3 +241,10 @@ def test_stop_string_ends_the_reply():
     stats = cli.ReplyStats()
     assert [o["text"] for o in cli._tracked(iter(outputs), stats, ["###"])] == ["Sure", "Sure.\n"]
     assert (stats.text, stats.tokens, stats.accept_lengths) == ("Sure.\n", 2, [0, 0])
+
+
+def test_dtype_and_device_reach_the_model(tiny_heads, monkeypatch, capsys):
+    code, _, err = _run_main(["--model", tiny_heads, "--style", "programmatic", "--dtype", "bfloat16", "--device", "cpu",
+                              "--debug"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "2 Medusa heads on llama, " in err and "cpu, torch.bfloat16; conversation: the tokenizer's chat template]" in err

@@ -11,7 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from medusa import demo
-from tests.demo_helpers import HAIKU_GREEDY_IDS, HAIKU_GREEDY_TEXT, HAIKU_PROMPT, SMALL_TREE, fresh_demo_heads
+from tests.demo_helpers import (HAIKU_GREEDY_IDS, HAIKU_GREEDY_TEXT, HAIKU_PROMPT, SMALL_TREE, fresh_demo_heads,
+                                one_thread)
 
 # sha256 of model.safetensors written by the conversion (transformers 5.24): the fp16 weights are a
 # deterministic function of the GGUF.
@@ -41,7 +42,8 @@ def test_conversion_replaces_unfinished_dir_and_is_reused(tmp_path, monkeypatch)
     assert (model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size) == (30, 576, 49152)
     assert model.generation_config.eos_token_id == 2 and tokenizer.convert_ids_to_tokens(2) == "<|im_end|>"
     ids = _haiku_ids(tokenizer)
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
+    with one_thread():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
     assert out[0, ids.shape[1]:].tolist() == HAIKU_GREEDY_IDS
 
     started = time.perf_counter()
@@ -86,7 +88,8 @@ def test_load_demo_maps_the_symbolic_base_and_sets_the_tokenizer(tmp_path, monke
     monkeypatch.setattr(demo, "DEMO_HEADS_DIR", heads)
     model = demo.load_demo(dtype=torch.float32)
     assert model.tokenizer is not None and model.config.medusa_num_heads == 2
-    outs = list(model.medusa_generate(_haiku_ids(model.tokenizer), max_new_tokens=16, medusa_choices=SMALL_TREE))
+    with one_thread():
+        outs = list(model.medusa_generate(_haiku_ids(model.tokenizer), max_new_tokens=16, medusa_choices=SMALL_TREE))
     assert sum((o["new_token_ids"] for o in outs), []) == HAIKU_GREEDY_IDS
     assert outs[-1]["text"] == HAIKU_GREEDY_TEXT
 

@@ -275,9 +275,12 @@ def main(argv=None) -> int:
         model = load_model(args)
         model.tree_buffers(args.medusa_choices)  # reject a tree that does not fit the heads before chatting
         chat = Chat(model, args, chatio)
-    except (CliError, CheckpointError, demo.DemoError, ValueError, OSError) as e:
+    except (CliError, CheckpointError, demo.DemoError, ValueError, OSError, ImportError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
     if args.debug:
         template = chat.conv.fastchat_template or "the tokenizer's chat template"
         chatio.print_note(f"[{model.config.medusa_num_heads} Medusa heads on {model.base_model.config.model_type}, "
