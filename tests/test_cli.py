@@ -221,6 +221,21 @@ def test_prompt_longer_than_the_context_is_reported_and_the_chat_goes_on(tiny_he
     assert out.count("[!OP:assistant]: ") == 1
 
 
+def test_sampling_options_reach_the_decoder_and_seeds_repeat(tiny_heads, monkeypatch, capsys):
+    replies = []
+    for sampling, seed in (("lossless", 5), ("lossless", 5), ("typical", 5)):
+        code, out, err = _run_main(["--model", tiny_heads, "--style", "programmatic", "--max-new-tokens", "12",
+                                    "--temperature", "0.9", "--top-k", "50", "--top-p", "0.95", "--sampling", sampling,
+                                    "--seed", str(seed)], monkeypatch, capsys, stdin="hello" + END)
+        assert code == 0, err
+        assert len(STATS.findall(err)) == 1
+        replies.append(out)
+    assert replies[0] == replies[1]
+    with pytest.raises(SystemExit):
+        _run_main(["--model", tiny_heads, "--sampling", "typical"], monkeypatch, capsys)
+    assert "--sampling needs --temperature > 0" in capsys.readouterr().err
+
+
 def test_unknown_conversation_template(tiny_heads, monkeypatch, capsys):
     code, _, err = _run_main(["--model", tiny_heads, "--conv-template", "vicuna"], monkeypatch, capsys)
     _one_line_error(code, err, r"Unknown conversation template 'vicuna' \(did you mean vicuna_v1\.1")

@@ -49,8 +49,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, help="most new tokens per reply (default: what the steps allow)")
     p.add_argument("--medusa-choices", help=f"tree: a preset ({', '.join(sorted(presets()))}), a JSON list of paths "
                                             "or a JSON file (default: mc_sim_7b_63 cut to the number of heads)")
-    p.add_argument("--posterior-threshold", type=float, default=0.09, help="typical acceptance epsilon for temperature > 0 (default: %(default)s)")
-    p.add_argument("--posterior-alpha", type=float, default=0.3, help="typical acceptance alpha for temperature > 0 (default: %(default)s)")
+    p.add_argument("--sampling", choices=["lossless", "typical"], help="for temperature > 0: lossless (default; exactly "
+                   "the base model's distribution) or typical (lossy, accepts more)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default: 0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: %(default)s)")
+    p.add_argument("--seed", type=int, help="seed the sampling for reproducible replies")
+    p.add_argument("--posterior-threshold", type=float, default=0.09, help="typical acceptance epsilon (default: %(default)s)")
+    p.add_argument("--posterior-alpha", type=float, default=0.3, help="typical acceptance alpha (default: %(default)s)")
     p.add_argument("--conv-template", help="FastChat conversation template (e.g. vicuna_v1.1) instead of the "
                                            "tokenizer's chat template; needed for models without one")
     p.add_argument("--conv-system-msg", help="system message of the conversation")
@@ -62,6 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.temperature < 0:
         p.error("--temperature must be >= 0")
+    if args.sampling and args.temperature == 0:
+        p.error("--sampling needs --temperature > 0")
+    if args.top_k < 0 or not 0 < args.top_p <= 1:
+        p.error("--top-k must be >= 0 and --top-p in (0, 1]")
     if args.max_steps < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         p.error("--max-steps and --max-new-tokens must be >= 1")
     return args
@@ -165,10 +174,13 @@ class Chat:
         eos = model.base_model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         self.eos = eos + [t for t in self.conv.stop_token_ids if t not in eos] or None
-        self.gen_kwargs = dict(temperature=args.temperature, max_steps=args.max_steps,
+        self.gen_kwargs = dict(temperature=args.temperature, sampling=args.sampling, top_k=args.top_k, top_p=args.top_p,
+                               max_steps=args.max_steps,
                                max_new_tokens=args.max_new_tokens, medusa_choices=args.medusa_choices,
                                posterior_threshold=args.posterior_threshold, posterior_alpha=args.posterior_alpha,
                                eos_token_id=self.eos)
+        if args.seed is not None:
+            self.gen_kwargs["generator"] = torch.Generator(model.lm_head.weight.device).manual_seed(args.seed)
 
     def reply(self) -> None:
         """Generate the assistant's answer to the history, streaming it; appends it to the history.
