@@ -22,6 +22,7 @@ class GraphedStep:
     """
 
     def __init__(self, step: Callable, example_inputs: tuple[torch.Tensor, ...], cache):
+        self.step = step  # keeps every tensor the graph reads (tree buffers, ...) alive
         self.inputs = tuple(x.clone() for x in example_inputs)
         length = cache.length.clone()
         side = torch.cuda.Stream()

@@ -22,6 +22,11 @@ def _forward(model, tokens: torch.Tensor, new_mask: torch.Tensor, positions: tor
     return model.hidden_states(tokens[None], mask, positions[None], cache)[0]
 
 
+def _at(tensor: torch.Tensor, index: torch.Tensor | int) -> torch.Tensor:
+    """``tensor[index]`` for a 0-d device index without reading it on the host (plain indexing would sync)."""
+    return tensor.index_select(0, torch.as_tensor(index, device=tensor.device).reshape(1))[0]
+
+
 def tree_step(model, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Tensor, head_logits: torch.Tensor,
               sampling: str = "greedy", temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
               posterior_threshold: float = 0.09, posterior_alpha: float = 0.3, generator: torch.Generator | None = None):
@@ -55,11 +60,11 @@ def tree_step(model, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Ten
         else:
             best, accept_length = evaluate_posterior_typical(path_logits, candidates, buffers.path_valid, temperature,
                                                              posterior_threshold, posterior_alpha, top_k, top_p)
-        next_root = choose_root(path_logits[best, accept_length], temperature, top_k, top_p, generator)
-    path = buffers.retrieve_indices[best]
+        next_root = choose_root(_at(_at(path_logits, best), accept_length), temperature, top_k, top_p, generator)
+    path = _at(buffers.retrieve_indices, best)
     cache.accept(path, accept_length + 1)
-    next_head_logits = model.head_logits(hidden[path[accept_length]]) if buffers.depth else head_logits
-    return candidates[best], accept_length, next_root, next_head_logits
+    next_head_logits = model.head_logits(_at(hidden, _at(path, accept_length))) if buffers.depth else head_logits
+    return _at(candidates, best), accept_length, next_root, next_head_logits
 
 
 def _eos_ids(model, eos_token_id) -> set[int]:

@@ -139,12 +139,10 @@ class MedusaModel(nn.Module):
     def tree_buffers(self, medusa_choices=None) -> TreeBuffers:
         """Buffers for a tree (preset name, JSON, file or list; None = default; "none" = no speculation)."""
         device = self.lm_head.weight.device
-        if medusa_choices == "none":
-            return root_only_buffers(device)
-        tree = resolve_medusa_choices(medusa_choices, self.config.medusa_num_heads)
+        tree = [] if medusa_choices == "none" else resolve_medusa_choices(medusa_choices, self.config.medusa_num_heads)
         key = tuple(map(tuple, tree))
         if key not in self._trees:
-            self._trees[key] = generate_medusa_buffers(tree, device)
+            self._trees[key] = generate_medusa_buffers(tree, device) if tree else root_only_buffers(device)
         return self._trees[key]
 
     @contextmanager

@@ -26,8 +26,7 @@ def evaluate_posterior_greedy(logits: torch.Tensor, candidates: torch.Tensor, pa
     """
     accept = (candidates[:, 1:] == logits[:, :-1].argmax(-1)) & path_valid[:, 1:]
     lengths = _accepted_prefix(accept).sum(1)
-    best = lengths.argmax()
-    return best, lengths[best]
+    return lengths.argmax(), lengths.max()
 
 
 def typical_threshold(probs: torch.Tensor, posterior_threshold: float, posterior_alpha: float) -> torch.Tensor:
@@ -52,7 +51,7 @@ def evaluate_posterior_typical(logits: torch.Tensor, candidates: torch.Tensor, p
     log_likelihood = (torch.log(cand_probs.clamp_min(torch.finfo(cand_probs.dtype).tiny)) * prefix).sum(1)
     score = torch.where(lengths == lengths.max(), log_likelihood, torch.full_like(log_likelihood, -torch.inf))
     best = score.argmax()
-    return best, lengths[best]
+    return best, lengths.max()
 
 
 def rejection_chain(probs: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
