@@ -27,6 +27,7 @@ if not __package__:  # run as a file: import this checkout's data_generation, no
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from data_generation.backends import LocalBackend, OpenAIBackend  # noqa: E402
+from medusa.train.data import read_records  # noqa: E402
 
 USER_SPEAKERS = {"human", "user"}
 
@@ -40,15 +41,8 @@ class Job:
 
 def read_prompts(path: str) -> list[tuple[str, tuple[str, ...]]]:
     """``(id, user turns)`` of every prompt in our JSONL or ShareGPT JSON."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    try:
-        records = json.loads(text)
-        records = records if isinstance(records, list) else [records]
-    except json.JSONDecodeError:
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
     prompts = []
-    for i, r in enumerate(records):
+    for i, r in enumerate(read_records(path)):
         if "turns" in r:
             turns = tuple(r["turns"])
         elif "conversations" in r:

@@ -42,16 +42,20 @@ def _to_messages(record) -> list[dict]:
     return messages
 
 
-def load_conversations(path: str) -> list[list[dict]]:
-    """Every conversation in a ``.json`` or ``.jsonl`` file, as message lists (see the module docstring)."""
+def read_records(path: str) -> list:
+    """The records of a JSON file (a list, or one object) or of a JSONL file (one per line)."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
     try:
         records = json.loads(text)
-        records = records if isinstance(records, list) else [records]
+        return records if isinstance(records, list) else [records]
     except json.JSONDecodeError:
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    conversations = [_to_messages(r) for r in records]
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def load_conversations(path: str) -> list[list[dict]]:
+    """Every conversation in a ``.json`` or ``.jsonl`` file, as message lists (see the module docstring)."""
+    conversations = [_to_messages(r) for r in read_records(path)]
     return [c for c in conversations if any(m["role"] == "assistant" for m in c)]
 
 
