@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epochs": trainer.state.epoch,
         "wall_time_s": round(wall, 1),
         "world_size": training_args.world_size,
+        "deepspeed_zero_stage": trainer.deepspeed.zero_optimization_stage() if trainer.is_deepspeed_enabled else None,
         "eval_loss": metrics.get("eval_loss", math.nan) if metrics else None,
         "heads": head_summary(metrics, training_args.medusa_num_heads) if metrics else None,
     }
