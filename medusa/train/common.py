@@ -12,6 +12,11 @@ from .data import ConversationDataset, PadCollator, chat_renderer, load_conversa
 
 def load_base_model(model_args, training_args) -> transformers.PreTrainedModel:
     """The base causal LM: bf16 with ``--bf16``, optionally bitsandbytes-quantised (frozen) on this rank's GPU."""
+    if training_args.deepspeed and torch.distributed.is_initialized():
+        import deepspeed
+
+        # On CPU, accelerate sets up gloo but not deepspeed.comm; ZeRO-3 partitions at load time and needs it.
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
     dtype = torch.bfloat16 if training_args.bf16 else (torch.float16 if training_args.fp16 else torch.float32)
     kwargs = {"dtype": dtype}
     if model_args.load_in_4bit or model_args.load_in_8bit:
