@@ -53,3 +53,24 @@ def test_sine_warmup_of_lambda0():
     args = Medusa2Arguments(medusa_heads_coefficient=0.2, medusa_heads_warmup="sine", medusa_warmup_steps=10)
     assert [heads_coefficient(s, args) for s in (0, 5, 10, 50)] == pytest.approx([0, 0.2 * 2**-0.5, 0.2, 0.2])
     assert heads_coefficient(0, Medusa2Arguments(medusa_heads_warmup="heads_only", medusa_warmup_steps=10)) == 0.2
+
+
+def test_lora_checkpoint_resumes_and_full_fine_tune_saves(distilled, tmp_path):
+    root, base_path = distilled
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    joint = ["--max_steps", "8", "--medusa_warmup_steps", "2"]  # LoRA trains from step 3: the checkpoint differs
+    run(root, base_path, straight, *joint, "--save_strategy", "steps", "--save_steps", "4")
+    ckpt = straight / "checkpoint-4"
+    assert (ckpt / "medusa_lm_head.safetensors").exists() and (ckpt / "adapter" / "adapter_model.safetensors").exists()
+    run(root, base_path, resumed, *joint, "--resume_from_checkpoint", str(ckpt))
+    a, b = (MedusaModel.from_pretrained(str(d)) for d in (straight, resumed))
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
+
+    full = tmp_path / "full"
+    summary = run(root, base_path, full, "--max_steps", "6", "--use_lora", "false")
+    assert not summary["lora"]
+    model = MedusaModel.from_pretrained(str(full))
+    base = AutoModelForCausalLM.from_pretrained(base_path)
+    moved = [n for n, p in model.base_model.named_parameters() if not torch.equal(p, base.get_parameter(n))]
+    assert "lm_head.weight" in moved and len(moved) > 10  # the whole backbone was trained
