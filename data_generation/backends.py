@@ -24,7 +24,8 @@ class LocalBackend:
             self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
         if self.tokenizer.chat_template is None:
             raise SystemExit(f"{model_path}: the tokenizer has no chat template; use a chat model.")
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        self.model.to(self.device).eval()
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
 
     @torch.inference_mode()

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from medusa.model import MedusaModel
-from tests.test_train_legacy import HEADS, distilled, single_thread  # noqa: F401  (module fixtures)
+from tests.train_helpers import HEADS, distilled, single_thread  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 

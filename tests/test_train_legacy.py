@@ -7,37 +7,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from data_generation.generate import main as generate
 from medusa.model import MedusaConfig, MedusaModel
-from medusa.train.data import PadCollator, chat_renderer, load_conversations, tokenize_conversation
-from medusa.train.losses import medusa_head_losses
+from medusa.train.data import load_conversations
 from medusa.train.train_legacy import main as train
 from tests.fitting import greedy_reference
-from tests.train_helpers import save_tiny_base, write_prompts
-
-HEADS = 3
-
-
-@pytest.fixture(scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: threads only contend with each other
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def distilled(tmp_path_factory, single_thread):
-    """A tiny base model and its own answers to 112 prompts (96 train, 16 held out)."""
-    root = tmp_path_factory.mktemp("medusa1")
-    base = save_tiny_base(root / "base")
-    write_prompts(root / "prompts.jsonl", 112, multi_turn_every=8)
-    assert generate(["--input", str(root / "prompts.jsonl"), "--output", str(root / "all.jsonl"), "--model", base,
-                     "--max-new-tokens", "32", "--batch-size", "56"]) == 0
-    lines = (root / "all.jsonl").read_text().splitlines()
-    (root / "train.jsonl").write_text("\n".join(lines[:96]) + "\n")
-    (root / "eval.jsonl").write_text("\n".join(lines[96:]) + "\n")
-    return root, base
+from tests.train_helpers import HEADS, distilled, held_out_metrics, single_thread  # noqa: F401  (fixtures)
 
 
 def train_args(root, base, out, steps, *extra):
@@ -49,22 +23,10 @@ def train_args(root, base, out, steps, *extra):
 
 
 @pytest.fixture(scope="module")
-def trained(distilled):
+def trained(distilled):  # noqa: F811
     root, base = distilled
     summary = train(train_args(root, base, root / "heads", 250, "--eval_data_path", str(root / "eval.jsonl")))
     return root, base, summary
-
-
-def held_out_metrics(model: MedusaModel, root) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-head CE ``[heads]`` and top-1 accuracy ``[heads]`` on the held-out conversations."""
-    tok = model.get_tokenizer()
-    features = [tokenize_conversation(tok, chat_renderer(tok), c, 256)
-                for c in load_conversations(str(root / "eval.jsonl"))]
-    batch = PadCollator(tok.pad_token_id)(features)
-    with torch.no_grad():
-        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
-    losses, stats = medusa_head_losses(logits, batch["labels"])
-    return losses, stats[:, 1] / stats[:, 0]
 
 
 def test_training_lowers_every_head_loss_and_accelerates_decoding(trained):
@@ -106,7 +68,7 @@ def test_base_is_frozen_and_only_heads_are_saved(trained):
     assert summary["heads"][0]["top5"] >= summary["heads"][0]["top1"]
 
 
-def test_resume_from_checkpoint_continues_exactly(distilled, tmp_path):
+def test_resume_from_checkpoint_continues_exactly(distilled, tmp_path):  # noqa: F811
     root, base = distilled
     straight = tmp_path / "straight"
     train(train_args(root, base, straight, 6, "--save_strategy", "steps", "--save_steps", "3"))

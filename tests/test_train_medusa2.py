@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from medusa.model import MedusaConfig, MedusaModel
 from medusa.train.train import Medusa2Arguments, heads_coefficient, main as train
-from tests.test_train_legacy import HEADS, distilled, held_out_metrics, single_thread  # noqa: F401
+from tests.train_helpers import HEADS, distilled, held_out_metrics, single_thread  # noqa: F401  (fixtures)
 
 
 def run(root, base, out, *extra):
@@ -32,7 +32,7 @@ def backbone_shift(base, model: MedusaModel, root) -> float:
     return total / len(ids)
 
 
-def test_self_distillation_moves_the_backbone_less_and_the_merged_model_loads(distilled, tmp_path):
+def test_self_distillation_moves_the_backbone_less_and_the_merged_model_loads(distilled, tmp_path):  # noqa: F811
     root, base_path = distilled
     base = AutoModelForCausalLM.from_pretrained(base_path)
     summaries, shifts = {}, {}
@@ -55,7 +55,7 @@ def test_sine_warmup_of_lambda0():
     assert heads_coefficient(0, Medusa2Arguments(medusa_heads_warmup="heads_only", medusa_warmup_steps=10)) == 0.2
 
 
-def test_lora_checkpoint_resumes_and_full_fine_tune_saves(distilled, tmp_path):
+def test_lora_checkpoint_resumes_and_full_fine_tune_saves(distilled, tmp_path):  # noqa: F811
     root, base_path = distilled
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     joint = ["--max_steps", "8", "--medusa_warmup_steps", "2"]  # LoRA trains from step 3: the checkpoint differs

@@ -1,9 +1,15 @@
-"""A tiny base model on disk whose greedy replies survive decode -> encode, for the training tests."""
+"""Training-test fixtures: a tiny base model whose greedy replies survive decode -> encode, and its own answers."""
 
+import pytest
 import torch
 
+from data_generation.generate import main as generate
+from medusa.model import MedusaModel
+from medusa.train.data import PadCollator, chat_renderer, load_conversations, tokenize_conversation
+from medusa.train.losses import medusa_head_losses
 from tests.tiny import tiny_model, tiny_tokenizer
 
+HEADS = 3
 BYTE_VOCAB = 259  # 3 ChatML specials + 256 byte tokens, no merges: decode then encode gives the same ids
 
 
@@ -38,3 +44,37 @@ def write_prompts(path, n: int, seed: int = 0, multi_turn_every: int = 0) -> str
                 turns.append(" ".join(rng.choices(words, k=3)))
             f.write(json.dumps({"id": f"p-{i}", "turns": turns}) + "\n")
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: threads only contend with each other
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory, single_thread):
+    """A tiny base model and its own answers to 112 prompts (96 train, 16 held out)."""
+    root = tmp_path_factory.mktemp("medusa1")
+    base = save_tiny_base(root / "base")
+    write_prompts(root / "prompts.jsonl", 112, multi_turn_every=8)
+    assert generate(["--input", str(root / "prompts.jsonl"), "--output", str(root / "all.jsonl"), "--model", base,
+                     "--max-new-tokens", "32", "--batch-size", "56"]) == 0
+    lines = (root / "all.jsonl").read_text().splitlines()
+    (root / "train.jsonl").write_text("\n".join(lines[:96]) + "\n")
+    (root / "eval.jsonl").write_text("\n".join(lines[96:]) + "\n")
+    return root, base
+
+
+def held_out_metrics(model: MedusaModel, root) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head CE ``[heads]`` and top-1 accuracy ``[heads]`` on the held-out conversations."""
+    tok = model.get_tokenizer()
+    features = [tokenize_conversation(tok, chat_renderer(tok), c, 256)
+                for c in load_conversations(str(root / "eval.jsonl"))]
+    batch = PadCollator(tok.pad_token_id)(features)
+    with torch.no_grad():
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+    losses, stats = medusa_head_losses(logits, batch["labels"])
+    return losses, stats[:, 1] / stats[:, 0]

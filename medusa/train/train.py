@@ -37,7 +37,7 @@ ADAPTER_DIR = "adapter"
 @dataclass
 class Medusa2Arguments:
     medusa_heads_coefficient: float = field(default=0.2, metadata={"help": "λ0: weight of the heads' loss."})
-    medusa_lr_multiplier: float = field(default=4.0, metadata={"help": "Heads learning rate = this × --learning_rate."})
+    medusa_lr_multiplier: float = field(default=4.0, metadata={"help": "Heads learning rate: this × --learning_rate."})
     medusa_heads_warmup: str = field(default="heads_only", metadata={
         "help": "heads_only: only the heads learn for the first --medusa_warmup_steps; sine: λ0 rises as "
                 "sin(π/2 · step / warmup steps); none.", "choices": ["heads_only", "sine", "none"]})
@@ -79,7 +79,8 @@ class Medusa2Trainer(MedusaTrainer):
         return heads_coefficient(self.state.global_step, self.medusa2)
 
     def heads_only(self) -> bool:
-        return self.medusa2.medusa_heads_warmup == "heads_only" and self.state.global_step < self.medusa2.medusa_warmup_steps
+        m = self.medusa2
+        return m.medusa_heads_warmup == "heads_only" and self.state.global_step < m.medusa_warmup_steps
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         unwrapped = self.accelerator.unwrap_model(model)
@@ -94,7 +95,8 @@ class Medusa2Trainer(MedusaTrainer):
             teacher = None
             if self.medusa2.medusa_self_distillation:
                 with torch.no_grad(), self.peft_model.disable_adapter():
-                    teacher = unwrapped.lm_logits(unwrapped.hidden_states(inputs["input_ids"], inputs["attention_mask"]))
+                    hidden = unwrapped.hidden_states(inputs["input_ids"], inputs["attention_mask"])
+                    teacher = unwrapped.lm_logits(hidden)
             lm_loss = next_token_loss(logits, labels, teacher)
             self._lm_loss.append(lm_loss.detach())
             loss = lm_loss + self.lambda0() * self.head_loss(head_logits, labels)
