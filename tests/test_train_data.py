@@ -59,12 +59,15 @@ def test_fastchat_template_for_tokenizers_without_one():
 
 def test_load_sharegpt_and_generate_output(tmp_path):
     sharegpt = [{"id": "a", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
-                {"id": "b", "conversations": [{"from": "human", "value": "no answer"}]}]
+                {"id": "b", "conversations": [{"from": "human", "value": "no answer"}]},
+                {"id": "c", "conversations": [{"from": "gpt", "value": "Welcome"}, {"from": "human", "value": "Hi"},
+                                              {"from": "gpt", "value": "Hello"}]}]
     (tmp_path / "s.json").write_text(json.dumps(sharegpt))
     (tmp_path / "g.jsonl").write_text(json.dumps({"id": "a", "sample": 0, "messages": [
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}) + "\n")
     expected = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]]
-    assert load_conversations(str(tmp_path / "s.json")) == expected  # the one without a reply is dropped
+    # Without a reply: dropped; an opening bot message: dropped (nothing to condition it on).
+    assert load_conversations(str(tmp_path / "s.json")) == expected * 2
     assert load_conversations(str(tmp_path / "g.jsonl")) == expected
 
 

@@ -5,11 +5,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, HfArgumentParser
 
 from medusa.model import MedusaConfig, MedusaModel
 from medusa.train.data import load_conversations
-from medusa.train.train_legacy import main as train
+from medusa.train.arguments import MedusaTrainingArguments, ModelArguments
+from medusa.train.train_legacy import build_medusa_model, main as train
 from tests.fitting import greedy_reference
 from tests.train_helpers import HEADS, distilled, held_out_metrics, single_thread  # noqa: F401  (fixtures)
 
@@ -59,8 +60,15 @@ def test_training_lowers_every_head_loss_and_accelerates_decoding(trained):
     assert mean["trained"] > mean["fresh"] + 1.0, mean  # measured: 2.4 vs 0.3
 
 
-def test_base_is_frozen_and_only_heads_are_saved(trained):
+def test_base_is_frozen_and_only_heads_are_saved(trained, tmp_path):
     root, base_path, _ = trained
+    parser = HfArgumentParser((ModelArguments, MedusaTrainingArguments))
+    model_args, training_args = parser.parse_args_into_dataclasses(
+        ["--model_name_or_path", base_path, "--output_dir", str(tmp_path), "--medusa_num_heads", str(HEADS)])
+    model = build_medusa_model(model_args, training_args)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"medusa_head.{k}" for k in model.medusa_head.state_dict()}  # lm_head frozen too
+    assert all(p.dtype == torch.float32 for p in model.medusa_head.parameters())
     saved = load_file(str(root / "heads" / "medusa_lm_head.safetensors"))
     assert sorted(saved) == sorted(f"{i}.{j}" for i in range(HEADS) for j in ("0.linear.weight", "0.linear.bias",
                                                                                "1.weight"))
@@ -79,3 +87,14 @@ def test_resume_from_checkpoint_continues_exactly(distilled, tmp_path):  # noqa:
     a, b = (load_file(str(d / "medusa_lm_head.safetensors")) for d in (straight, resumed))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_shared_lm_head_heads_train_and_save_as_version_2(distilled, tmp_path):  # noqa: F811
+    root, base = distilled
+    summary = train(train_args(root, base, tmp_path, 20, "--medusa_head_type", "shared_lm_head",
+                               "--eval_data_path", str(root / "eval.jsonl")))
+    assert json.loads((tmp_path / "config.json").read_text())["version"] == "2"
+    assert sorted(load_file(str(tmp_path / "medusa_lm_head.safetensors"))) == sorted(
+        f"{i}.0.linear.{w}" for i in range(HEADS) for w in ("weight", "bias"))  # no vocabulary projection
+    model = MedusaModel.from_pretrained(str(tmp_path))
+    assert model.config.shared_lm_head and summary["heads"][0]["top1"] > 0.2

@@ -55,8 +55,14 @@ def read_records(path: str) -> list:
 
 def load_conversations(path: str) -> list[list[dict]]:
     """Every conversation in a ``.json`` or ``.jsonl`` file, as message lists (see the module docstring)."""
-    conversations = [_to_messages(r) for r in read_records(path)]
-    return [c for c in conversations if any(m["role"] == "assistant" for m in c)]
+    conversations = []
+    for record in read_records(path):
+        messages = _to_messages(record)
+        while messages and messages[0]["role"] == "assistant":  # ShareGPT dumps sometimes open with the bot
+            messages.pop(0)
+        if any(m["role"] == "assistant" for m in messages):
+            conversations.append(messages)
+    return conversations
 
 
 def chat_renderer(tokenizer, model_name_or_path: str | None = None) -> Callable[[list[dict], bool], str]:
