@@ -41,6 +41,8 @@ class Job:
 
 def read_prompts(path: str) -> list[tuple[str, tuple[str, ...]]]:
     """``(id, user turns)`` of every prompt in our JSONL or ShareGPT JSON."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"Prompt file {path!r} does not exist.")
     prompts = []
     for i, r in enumerate(read_records(path)):
         if "turns" in r:
@@ -171,7 +173,10 @@ def main(argv=None) -> int:
         import torch
 
         torch.manual_seed(args.seed)
-        backend = LocalBackend(args.model, args.temperature, args.max_new_tokens, args.device, args.dtype)
+        try:
+            backend = LocalBackend(args.model, args.temperature, args.max_new_tokens, args.device, args.dtype)
+        except OSError as e:
+            raise SystemExit(f"Cannot load {args.model!r}: {str(e).splitlines()[0]}") from None
     writer = Writer(args.output, len(jobs))
     try:
         if args.url:

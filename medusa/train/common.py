@@ -32,7 +32,10 @@ def load_base_model(model_args, training_args) -> transformers.PreTrainedModel:
 
 
 def load_tokenizer(model_args):
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    except OSError as e:
+        raise SystemExit(f"Cannot load {model_args.model_name_or_path!r}: {str(e).splitlines()[0]}") from None
     if tokenizer.pad_token is None:  # padding positions are masked out, any id will do
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
@@ -40,6 +43,9 @@ def load_tokenizer(model_args):
 
 def build_datasets(data_args, tokenizer, model_name_or_path: str, max_length: int):
     """(train dataset, eval dataset or None, collator) from the data arguments."""
+    for path in (data_args.data_path, data_args.eval_data_path):
+        if path and not os.path.isfile(path):
+            raise SystemExit(f"Data file {path!r} does not exist.")
     render = chat_renderer(tokenizer, model_name_or_path)
     train = load_conversations(data_args.data_path)[: data_args.max_train_samples]
     if not train:
