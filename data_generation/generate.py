@@ -1,0 +1,198 @@
+"""Self-distillation data: the base model answers the training prompts itself (DESIGN.md §5).
+
+Input: our JSONL (``{"id", "turns": [...]}`` per line, as in shared/data/prompts/) or ShareGPT JSON
+(``[{"id"?, "conversations": [{"from", "value"}, ...]}]``; only the user turns are kept). Every user turn
+of a multi-turn prompt is replayed: the model answers turn 1, then turn 2 with its own answer in context, ...
+
+Output: JSONL, one line per finished conversation, ``{"id", "sample", "messages": [{"role", "content"}, ...]}``.
+Append-only and resumable: a rerun skips the (id, sample) pairs already written; lines are written whole,
+so an interrupted run loses at most the conversations in flight.
+
+    python data_generation/generate.py --model path/to/model --input prompts.jsonl --output distilled.jsonl
+    python data_generation/generate.py --url http://localhost:8000 --model served-name --concurrency 64 ...
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+if not __package__:  # run as a file: import this checkout's data_generation, not the script folder's modules
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from data_generation.backends import LocalBackend, OpenAIBackend  # noqa: E402
+from medusa.train.data import read_records  # noqa: E402
+
+USER_SPEAKERS = {"human", "user"}
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    sample: int
+    turns: tuple[str, ...]
+
+
+def read_prompts(path: str) -> list[tuple[str, tuple[str, ...]]]:
+    """``(id, user turns)`` of every prompt in our JSONL or ShareGPT JSON."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"Prompt file {path!r} does not exist.")
+    prompts = []
+    for i, r in enumerate(read_records(path)):
+        if "turns" in r:
+            turns = tuple(r["turns"])
+        elif "conversations" in r:
+            turns = tuple(t["value"] for t in r["conversations"] if t["from"] in USER_SPEAKERS)
+        else:
+            raise SystemExit(f"{path}: record {i} has neither 'turns' nor 'conversations'.")
+        if turns:
+            prompts.append((str(r.get("id", r.get("question_id", i))), turns))
+    return prompts
+
+
+def finished_keys(path: str) -> set[tuple[str, int]]:
+    """(id, sample) pairs already in ``path``; a partial last line (a killed writer) is cut off first."""
+    if not os.path.exists(path):
+        return set()
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+            data = data[: data.rfind(b"\n") + 1]
+    keys = set()
+    for line in data.decode("utf-8").splitlines():
+        record = json.loads(line)
+        keys.add((str(record["id"]), int(record.get("sample", 0))))
+    return keys
+
+
+class Writer:
+    """Appends whole JSON lines, flushed one by one; counts generated tokens for the progress bar."""
+
+    def __init__(self, path: str, total: int):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.file = open(path, "a", encoding="utf-8")
+        self.progress = tqdm(total=total, unit="conv", dynamic_ncols=True)
+        self.tokens, self.start = 0, time.time()
+
+    def write(self, job: Job, messages: list[dict], tokens: int) -> None:
+        line = json.dumps({"id": job.id, "sample": job.sample, "messages": messages}, ensure_ascii=False) + "\n"
+        self.file.write(line)
+        self.file.flush()
+        self.tokens += tokens
+        self.progress.update(1)
+        self.progress.set_postfix(tok_s=f"{self.tokens / max(time.time() - self.start, 1e-9):.1f}")
+
+    def close(self) -> None:
+        self.progress.close()
+        self.file.close()
+
+
+def opening(system: str | None) -> list[dict]:
+    return [{"role": "system", "content": system}] if system else []
+
+
+def run_local(backend: LocalBackend, jobs: list[Job], batch_size: int, system: str | None, writer: Writer) -> None:
+    """Batches of conversations; turn j of every conversation in a batch that has one is answered together."""
+    jobs = sorted(jobs, key=lambda j: len(j.turns[0]))  # similar lengths in a batch: less padding
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start:start + batch_size]
+        conversations, tokens = [opening(system) for _ in batch], [0] * len(batch)
+        for turn in range(max(len(j.turns) for j in batch)):
+            active = [i for i, j in enumerate(batch) if turn < len(j.turns)]
+            for i in active:
+                conversations[i].append({"role": "user", "content": batch[i].turns[turn]})
+            for i, (reply, n) in zip(active, backend.answer([conversations[i] for i in active])):
+                conversations[i].append({"role": "assistant", "content": reply})
+                tokens[i] += n
+        for job, messages, n in zip(batch, conversations, tokens):
+            writer.write(job, messages, n)
+
+
+async def run_server(backend: OpenAIBackend, jobs: list[Job], system: str | None, writer: Writer) -> None:
+    """Every conversation as its own task; the backend bounds how many requests are in flight."""
+
+    async def converse(job: Job):
+        messages, tokens = opening(system), 0
+        for turn in job.turns:
+            messages.append({"role": "user", "content": turn})
+            reply, n = await backend.answer_one(messages)
+            messages.append({"role": "assistant", "content": reply})
+            tokens += n
+        return job, messages, tokens
+
+    tasks = [asyncio.ensure_future(converse(job)) for job in jobs]
+    try:
+        for finished in asyncio.as_completed(tasks):
+            writer.write(*await finished)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await backend.aclose()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", required=True, help="Prompts: JSONL with id/turns, or ShareGPT JSON.")
+    p.add_argument("--output", required=True, help="JSONL to append conversations to (resumed if it exists).")
+    p.add_argument("--model", required=True, help="Local model directory, or the served model name with --url.")
+    p.add_argument("--url", help="OpenAI-compatible server (vLLM, TGI); without it the model runs locally.")
+    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"))
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy.")
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="Per assistant turn.")
+    p.add_argument("--samples", type=int, default=1, help="Answers per prompt (use temperature > 0).")
+    p.add_argument("--batch-size", type=int, default=16, help="Local back end: conversations per generate call.")
+    p.add_argument("--concurrency", type=int, default=32, help="Server back end: requests in flight.")
+    p.add_argument("--system", help="System message put before every conversation.")
+    p.add_argument("--limit", type=int, help="Only the first N prompts.")
+    p.add_argument("--device", help="Local back end: cuda, cpu, ... (default: cuda if available).")
+    p.add_argument("--dtype", default="auto", help="Local back end: auto (bf16 on GPU, fp32 on CPU), float16, ...")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    prompts = read_prompts(args.input)[: args.limit]
+    done = finished_keys(args.output)
+    jobs = [Job(pid, s, turns) for pid, turns in prompts for s in range(args.samples) if (pid, s) not in done]
+    print(f"{len(prompts) * args.samples} conversations asked, {len(done)} already in {args.output}, "
+          f"{len(jobs)} to generate.", file=sys.stderr)
+    if not jobs:
+        return 0
+    if args.url:
+        backend = OpenAIBackend(args.url, args.model, args.temperature, args.max_new_tokens, args.concurrency,
+                                args.api_key)
+    else:
+        import torch
+
+        torch.manual_seed(args.seed)
+        try:
+            backend = LocalBackend(args.model, args.temperature, args.max_new_tokens, args.device, args.dtype)
+        except OSError as e:
+            raise SystemExit(f"Cannot load {args.model!r}: {str(e).splitlines()[0]}") from None
+    writer = Writer(args.output, len(jobs))
+    try:
+        if args.url:
+            asyncio.run(run_server(backend, jobs, args.system, writer))
+        else:
+            run_local(backend, jobs, args.batch_size, args.system, writer)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted; finished conversations are in {args.output}, rerun to resume.", file=sys.stderr)
+        return 130
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        writer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

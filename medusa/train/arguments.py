@@ -1,0 +1,46 @@
+"""Command-line arguments shared by the Medusa-1 and Medusa-2 training scripts (``HfArgumentParser``)."""
+
+from dataclasses import dataclass, field, fields
+
+import transformers
+
+# transformers 5.x folded --warmup_ratio into a fractional --warmup_steps; the documented command keeps the flag.
+_NATIVE_WARMUP_RATIO = "warmup_ratio" in {f.name for f in fields(transformers.TrainingArguments)}
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(metadata={"help": "Base model directory (a Hugging Face causal LM)."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "Frozen base quantised to 4 bit (bitsandbytes NF4)."})
+    load_in_8bit: bool = field(default=False, metadata={"help": "Frozen base quantised to 8 bit (bitsandbytes)."})
+
+
+@dataclass
+class DataArguments:
+    data_path: str = field(metadata={"help": "Training conversations: generate.py JSONL or ShareGPT JSON."})
+    eval_data_path: str | None = field(default=None, metadata={"help": "Held-out conversations, same formats."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N conversations."})
+
+
+@dataclass
+class MedusaTrainingArguments(transformers.TrainingArguments):
+    model_max_length: int = field(default=2048, metadata={"help": "Longer conversations are truncated."})
+    medusa_num_heads: int = field(default=5, metadata={"help": "Number of Medusa heads."})
+    medusa_num_layers: int = field(default=1, metadata={"help": "ResBlocks per head."})
+    medusa_head_type: str = field(default="own_lm_head", metadata={
+        "help": "own_lm_head (each head has its own vocabulary projection) or shared_lm_head ('version 2': "
+                "heads reuse the frozen base lm_head).", "choices": ["own_lm_head", "shared_lm_head"]})
+    medusa_decay_coefficient: float = field(default=0.8, metadata={
+        "help": "Loss weight of head k is decay**k (1.0 = plain sum as in the reference script)."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Linear warm-up over this fraction of the steps."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep labels for compute_loss."})
+    label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Batch label keys."})
+    prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluation computes losses and accuracies."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "All head parameters are used."})
+
+    def __post_init__(self):
+        if self.warmup_ratio and not _NATIVE_WARMUP_RATIO:
+            if not 0 <= self.warmup_ratio < 1:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+            self.warmup_steps = self.warmup_ratio
+        super().__post_init__()

@@ -1,0 +1,74 @@
+"""Building blocks of both training scripts: base model and tokenizer, datasets, DeepSpeed helpers."""
+
+import contextlib
+import json
+import os
+
+import torch
+import transformers
+
+from .data import ConversationDataset, PadCollator, chat_renderer, load_conversations
+
+
+def load_base_model(model_args, training_args) -> transformers.PreTrainedModel:
+    """The base causal LM: bf16 with ``--bf16``, optionally bitsandbytes-quantised (frozen) on this rank's GPU."""
+    if training_args.deepspeed and torch.distributed.is_initialized():
+        import deepspeed
+
+        # On CPU, accelerate sets up gloo but not deepspeed.comm; ZeRO-3 partitions at load time and needs it.
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+    dtype = torch.bfloat16 if training_args.bf16 else (torch.float16 if training_args.fp16 else torch.float32)
+    kwargs = {"dtype": dtype}
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        try:
+            import bitsandbytes  # noqa: F401  (fail here with a clear message, not deep inside transformers)
+        except ImportError as e:
+            raise SystemExit("--load_in_4bit/--load_in_8bit need bitsandbytes: pip install 'medusa-llm[quant]'") from e
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=model_args.load_in_4bit, load_in_8bit=model_args.load_in_8bit,
+            bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
+        kwargs["device_map"] = {"": training_args.local_process_index}
+    return transformers.AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+
+
+def load_tokenizer(model_args):
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    except OSError as e:
+        raise SystemExit(f"Cannot load {model_args.model_name_or_path!r}: {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:  # padding positions are masked out, any id will do
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def build_datasets(data_args, tokenizer, model_name_or_path: str, max_length: int):
+    """(train dataset, eval dataset or None, collator) from the data arguments."""
+    for path in (data_args.data_path, data_args.eval_data_path):
+        if path and not os.path.isfile(path):
+            raise SystemExit(f"Data file {path!r} does not exist.")
+    render = chat_renderer(tokenizer, model_name_or_path)
+    train = load_conversations(data_args.data_path)[: data_args.max_train_samples]
+    if not train:
+        raise SystemExit(f"{data_args.data_path} holds no conversation with an assistant message.")
+    train_set = ConversationDataset(train, tokenizer, render, max_length)
+    eval_set = None
+    if data_args.eval_data_path:
+        eval_set = ConversationDataset(load_conversations(data_args.eval_data_path), tokenizer, render, max_length)
+    return train_set, eval_set, PadCollator(tokenizer.pad_token_id)
+
+
+def gathered(params):
+    """Under DeepSpeed ZeRO-3, a context in which ``params`` are whole on every rank (collective)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(params))
+
+
+def write_summary(output_dir: str, summary: dict) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "training_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)

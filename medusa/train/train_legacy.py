@@ -1,0 +1,79 @@
+"""Medusa-1 training: heads on a fully frozen base model (DESIGN.md §5).
+
+Run as ``python -m medusa.train.train_legacy``, ``python medusa/train/train_legacy.py`` or under
+``torchrun --nproc_per_node=N medusa/train/train_legacy.py`` (DDP; add ``--deepspeed deepspeed.json`` for
+ZeRO-2/3). See docs/training.md. The final heads go to ``--output_dir`` in the layout
+``MedusaModel.from_pretrained`` reads, next to ``training_summary.json``.
+"""
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+if not __package__:  # run as a file (torchrun medusa/train/train_legacy.py): import this checkout's package,
+    sys.path[0] = str(Path(__file__).resolve().parents[2])  # not modules of the script's own folder
+
+from medusa.model import MedusaConfig, MedusaModel  # noqa: E402
+from medusa.train.arguments import DataArguments, MedusaTrainingArguments, ModelArguments  # noqa: E402
+from medusa.train.common import build_datasets, gathered, load_base_model, load_tokenizer, write_summary  # noqa: E402
+from medusa.train.trainer import MedusaTrainer  # noqa: E402
+
+
+def build_medusa_model(model_args, training_args) -> MedusaModel:
+    """Base model frozen (lm_head included) plus fresh fp32 heads."""
+    base = load_base_model(model_args, training_args)
+    base.requires_grad_(False)
+    config = MedusaConfig(medusa_num_heads=training_args.medusa_num_heads,
+                          medusa_num_layers=training_args.medusa_num_layers,
+                          base_model_name_or_path=model_args.model_name_or_path,
+                          head_type=training_args.medusa_head_type)
+    with gathered(base.get_output_embeddings().parameters()):  # heads copy the whole lm_head
+        model = MedusaModel(base, config)
+    # fp32 master weights for the heads; autocast runs them in bf16 with --bf16.
+    model.medusa_head.float()
+    return model
+
+
+def head_summary(metrics: dict, num_heads: int) -> list[dict]:
+    return [{"head": k, "top1": metrics.get(f"eval_medusa{k}_top1"), "top5": metrics.get(f"eval_medusa{k}_top5"),
+             "loss": metrics.get(f"eval_medusa{k}_loss")} for k in range(num_heads)]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, MedusaTrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    tokenizer = load_tokenizer(model_args)
+    train_set, eval_set, collator = build_datasets(data_args, tokenizer, model_args.model_name_or_path,
+                                                   training_args.model_max_length)
+    model = build_medusa_model(model_args, training_args)
+    trainer = MedusaTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
+                            data_collator=collator)
+    start = time.time()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    wall = time.time() - start
+    metrics = trainer.evaluate() if eval_set is not None else {}
+    trainer.save_model(training_args.output_dir)
+    summary = {
+        "model_name_or_path": model_args.model_name_or_path,
+        "train_conversations": len(train_set),
+        "eval_conversations": len(eval_set) if eval_set is not None else 0,
+        "global_steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "wall_time_s": round(wall, 1),
+        "world_size": training_args.world_size,
+        "deepspeed_zero_stage": trainer.deepspeed.zero_optimization_stage() if trainer.is_deepspeed_enabled else None,
+        "eval_loss": metrics.get("eval_loss", math.nan) if metrics else None,
+        "heads": head_summary(metrics, training_args.medusa_num_heads) if metrics else None,
+    }
+    if training_args.should_save:
+        write_summary(training_args.output_dir, summary)
+    return summary
+
+
+if __name__ == "__main__":
+    torch.set_float32_matmul_precision("high")
+    main()

@@ -1,0 +1,125 @@
+"""Self-distillation data: resuming without duplicates or losses, multi-turn replay, the server back end."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+import create_data
+from data_generation import backends
+from data_generation.generate import main as generate
+from tests.train_helpers import save_tiny_base, write_prompts
+
+
+def read_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield root, save_tiny_base(root / "base"), write_prompts(root / "prompts.jsonl", 20, multi_turn_every=3)
+    torch.set_num_threads(threads)
+
+
+def local_args(root, base, prompts, output):
+    return ["--input", prompts, "--output", str(output), "--model", base, "--max-new-tokens", "12",
+            "--batch-size", "4", "--samples", "2", "--temperature", "0"]
+
+
+def test_interrupted_run_resumes_without_duplicates_or_losses(tiny, monkeypatch):
+    root, base, prompts = tiny
+    assert generate(local_args(root, base, prompts, root / "reference.jsonl")) == 0
+    reference = read_lines(root / "reference.jsonl")
+    assert len(reference) == 40 and len({(r["id"], r["sample"]) for r in reference}) == 40
+    multi = next(r for r in reference if r["id"] == "p-0")["messages"]
+    assert [m["role"] for m in multi] == ["user", "assistant", "user", "assistant"]  # both turns replayed
+
+    calls, answer = [], backends.LocalBackend.answer
+
+    def interrupted(self, conversations):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return answer(self, conversations)
+
+    output = root / "resumed.jsonl"
+    monkeypatch.setattr(backends.LocalBackend, "answer", interrupted)
+    assert generate(local_args(root, base, prompts, output)) == 130
+    first = read_lines(output)
+    assert 0 < len(first) < 40
+    with open(output, "a") as f:  # a writer killed in the middle of a line
+        f.write('{"id": "p-19", "sample": 1, "messa')
+    monkeypatch.setattr(backends.LocalBackend, "answer", answer)
+    assert generate(local_args(root, base, prompts, output)) == 0
+    resumed = read_lines(output)
+    assert resumed[: len(first)] == first  # append-only
+    key = lambda r: (r["id"], r["sample"])  # noqa: E731
+    assert sorted(resumed, key=key) == sorted(reference, key=key)  # nothing lost, nothing twice
+    assert generate(local_args(root, base, prompts, output)) == 0 and read_lines(output) == resumed
+
+
+class FakeChatServer(BaseHTTPRequestHandler):
+    """An OpenAI-compatible /v1/chat/completions that echoes and records how many requests overlap."""
+
+    lock, in_flight, peak, requests = threading.Lock(), 0, 0, []
+
+    def do_POST(self):  # noqa: N802
+        cls = type(self)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with cls.lock:
+            cls.in_flight += 1
+            cls.peak = max(cls.peak, cls.in_flight)
+            cls.requests.append((self.path, body))
+        time.sleep(0.02)
+        turn = sum(m["role"] == "user" for m in body["messages"])
+        reply = {"choices": [{"message": {"role": "assistant",
+                                          "content": f"echo {body['messages'][-1]['content']} #{turn}"}}],
+                 "usage": {"completion_tokens": 3}}
+        data = json.dumps(reply).encode()
+        with cls.lock:
+            cls.in_flight -= 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    FakeChatServer.in_flight, FakeChatServer.peak, FakeChatServer.requests = 0, 0, []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeChatServer)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_openai_compatible_backend_replays_turns_with_bounded_concurrency(server, tmp_path):
+    sharegpt = [{"id": f"s{i}", "conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "old"},
+                                                   {"from": "human", "value": f"again{i}"}]} for i in range(12)]
+    (tmp_path / "share.json").write_text(json.dumps(sharegpt))
+    output = tmp_path / "out.jsonl"
+    assert create_data.main(["--input-filename", str(tmp_path / "share.json"), "--output-filename", str(output),
+                             "--url", server, "--concurrency", "3"]) == 0
+    lines = read_lines(output)
+    assert sorted(r["id"] for r in lines) == sorted(f"s{i}" for i in range(12))
+    s5 = next(r for r in lines if r["id"] == "s5")["messages"]
+    assert s5 == [{"role": "user", "content": "q5"}, {"role": "assistant", "content": "echo q5 #1"},
+                  {"role": "user", "content": "again5"}, {"role": "assistant", "content": "echo again5 #2"}]
+    assert all(path == "/v1/chat/completions" for path, _ in FakeChatServer.requests)
+    assert len(FakeChatServer.requests) == 24 and 1 < FakeChatServer.peak <= 3
+    # The second turn was sent with the model's own first answer in context, not the ShareGPT one.
+    second = [b for _, b in FakeChatServer.requests if b["messages"][-1]["content"] == "again5"][0]
+    assert second["messages"][1]["content"] == "echo q5 #1"
+    assert generate(["--input", str(tmp_path / "share.json"), "--output", str(output), "--url", server,
+                     "--model", "m"]) == 0 and len(read_lines(output)) == 12  # resumed: nothing to do

@@ -1,0 +1,115 @@
+"""Training labels: assistant-only targets (EOS included) and head k's shift by k + 2."""
+
+import json
+
+import pytest
+import torch
+
+from medusa.train.data import IGNORE_INDEX, PadCollator, chat_renderer, load_conversations, tokenize_conversation
+from medusa.train.losses import distillation_kl, head_weights, medusa_head_losses
+from tests.tiny import tiny_tokenizer
+
+TWO_TURNS = [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "I am fine."},
+             {"role": "user", "content": "How are you?"}, {"role": "assistant", "content": "Thank you."}]
+
+
+def test_chatml_targets_are_assistant_content_and_im_end_token_by_token():
+    tok = tiny_tokenizer()
+    out = tokenize_conversation(tok, chat_renderer(tok), TWO_TURNS, max_length=512)
+    ids, labels = out["input_ids"].tolist(), out["labels"].tolist()
+    # Independent reference: the target spans, tokenized piece by piece from the ChatML text.
+    pieces = []
+    for m in TWO_TURNS:
+        header = f"<|im_start|>{m['role']}\n"
+        if m["role"] == "assistant":
+            pieces += [(header, False), (m["content"], True), ("<|im_end|>", True), ("\n", False)]
+        else:
+            pieces += [(header + m["content"] + "<|im_end|>\n", False)]
+    expected_ids, expected_target = [], []
+    for text, target in pieces:
+        piece = tok(text, add_special_tokens=False)["input_ids"]
+        expected_ids += piece
+        expected_target += [target] * len(piece)
+    assert ids == expected_ids
+    assert [label != IGNORE_INDEX for label in labels] == expected_target
+    assert all(label in (IGNORE_INDEX, i) for label, i in zip(labels, ids))
+    assert sum(1 for label in labels if label == tok.eos_token_id) == 2  # EOS of both replies
+
+
+def test_truncation_and_padding():
+    tok = tiny_tokenizer()
+    full = tokenize_conversation(tok, chat_renderer(tok), TWO_TURNS, max_length=512)
+    short = tokenize_conversation(tok, chat_renderer(tok), TWO_TURNS, max_length=20)
+    assert torch.equal(short["input_ids"], full["input_ids"][:20]) and torch.equal(short["labels"], full["labels"][:20])
+    batch = PadCollator(pad_token_id=0)([short, full])
+    assert batch["input_ids"].shape == (2, len(full["input_ids"]))
+    assert batch["attention_mask"][0].sum() == 20 and (batch["labels"][0, 20:] == IGNORE_INDEX).all()
+
+
+def test_fastchat_template_for_tokenizers_without_one():
+    tok = tiny_tokenizer()
+    tok.chat_template = None
+    render = chat_renderer(tok, "lmsys/vicuna-7b-v1.3")  # FastChat's vicuna_v1.1 template
+    out = tokenize_conversation(tok, render, TWO_TURNS, max_length=512)
+    text = tok.decode(out["input_ids"])
+    assert text.startswith("A chat between") and "USER: Hello! ASSISTANT: I am fine.</s>USER:" in text
+    targets = [tok.decode([i]) for i, label in zip(out["input_ids"], out["labels"]) if label != IGNORE_INDEX]
+    assert "".join(targets) == " I am fine.</s> Thank you.</s>"
+
+
+def test_load_sharegpt_and_generate_output(tmp_path):
+    sharegpt = [{"id": "a", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+                {"id": "b", "conversations": [{"from": "human", "value": "no answer"}]},
+                {"id": "c", "conversations": [{"from": "gpt", "value": "Welcome"}, {"from": "human", "value": "Hi"},
+                                              {"from": "gpt", "value": "Hello"}]}]
+    (tmp_path / "s.json").write_text(json.dumps(sharegpt))
+    (tmp_path / "g.jsonl").write_text(json.dumps({"id": "a", "sample": 0, "messages": [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}) + "\n")
+    expected = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]]
+    # Without a reply: dropped; an opening bot message: dropped (nothing to condition it on).
+    assert load_conversations(str(tmp_path / "s.json")) == expected * 2
+    assert load_conversations(str(tmp_path / "g.jsonl")) == expected
+
+
+def test_head_k_targets_token_k_plus_2():
+    """Logits that put all mass on labels[t + k + 2] give zero loss and full accuracy; off by one, none."""
+    B, S, V, H = 2, 12, 17, 3
+    labels = torch.randint(V, (B, S))
+    labels[0, :3] = IGNORE_INDEX  # a prompt: no targets there
+    aligned = torch.full((H, B, S, V), -1e4)
+    shifted = torch.full((H, B, S, V), -1e4)
+    for k in range(H):
+        for t in range(S - k - 2):
+            aligned[k, :, t].scatter_(-1, labels[:, t + k + 2].clamp(min=0)[:, None], 1e4)
+            shifted[k, :, t].scatter_(-1, labels[:, t + k + 1].clamp(min=0)[:, None], 1e4)
+    losses, stats = medusa_head_losses(aligned, labels)
+    counts = torch.tensor([float((labels[:, k + 2:] != IGNORE_INDEX).sum()) for k in range(H)])
+    assert torch.allclose(losses, torch.zeros(H)) and torch.equal(stats[:, 0], counts)
+    assert torch.equal(stats[:, 1], counts) and torch.equal(stats[:, 2], counts)
+    losses, stats = medusa_head_losses(shifted, labels)
+    assert (losses > 100).all()
+    # Off by one position the peak hits only where the (clamped) previous label equals the target.
+    repeats = torch.tensor([float(((labels[:, k + 2:] == labels[:, k + 1:-1].clamp(min=0))
+                                   & (labels[:, k + 2:] != IGNORE_INDEX)).sum()) for k in range(H)])
+    assert torch.equal(stats[:, 1], repeats)
+
+
+def test_head_losses_match_plain_cross_entropy():
+    H, B, S, V = 2, 3, 9, 11
+    logits, labels = torch.randn(H, B, S, V), torch.randint(V, (B, S))
+    labels[1, 4:] = IGNORE_INDEX
+    losses, stats = medusa_head_losses(logits, labels)
+    for k in range(H):
+        keep = [(b, t) for b in range(B) for t in range(S - k - 2) if labels[b, t + k + 2] != IGNORE_INDEX]
+        ref = torch.stack([torch.nn.functional.cross_entropy(logits[k, b, t], labels[b, t + k + 2]) for b, t in keep])
+        top5 = sum(int(labels[b, t + k + 2] in logits[k, b, t].topk(5).indices) for b, t in keep)
+        assert torch.allclose(losses[k], ref.mean(), atol=1e-6) and stats[k, 2] == top5
+
+
+def test_weights_and_kl():
+    assert head_weights(4, 0.8) == pytest.approx([1, 0.8, 0.64, 0.512])
+    student, teacher = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
+    mask = torch.tensor([[1, 1, 0, 0, 1], [0, 0, 0, 1, 1]], dtype=torch.bool)
+    p, q = teacher[mask].softmax(-1), student[mask].softmax(-1)
+    assert torch.allclose(distillation_kl(student, teacher, mask), (p * (p / q).log()).sum(-1).mean(), atol=1e-5)
+    assert distillation_kl(teacher, teacher, mask).abs() < 1e-6

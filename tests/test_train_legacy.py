@@ -1,0 +1,100 @@
+"""Medusa-1 training end to end on a tiny model: self-distilled data -> heads that predict and accelerate."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, HfArgumentParser
+
+from medusa.model import MedusaConfig, MedusaModel
+from medusa.train.data import load_conversations
+from medusa.train.arguments import MedusaTrainingArguments, ModelArguments
+from medusa.train.train_legacy import build_medusa_model, main as train
+from tests.fitting import greedy_reference
+from tests.train_helpers import HEADS, distilled, held_out_metrics, single_thread  # noqa: F401  (fixtures)
+
+
+def train_args(root, base, out, steps, *extra):
+    return ["--model_name_or_path", base, "--data_path", str(root / "train.jsonl"), "--output_dir", str(out),
+            "--max_steps", str(steps), "--per_device_train_batch_size", "8", "--learning_rate", "1e-2",
+            "--weight_decay", "0.0", "--warmup_ratio", "0.1", "--lr_scheduler_type", "cosine",
+            "--model_max_length", "256", "--medusa_num_heads", str(HEADS), "--medusa_num_layers", "1",
+            "--logging_steps", "50", "--save_strategy", "no", "--disable_tqdm", "true", "--seed", "0", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(distilled):  # noqa: F811
+    root, base = distilled
+    summary = train(train_args(root, base, root / "heads", 250, "--eval_data_path", str(root / "eval.jsonl")))
+    return root, base, summary
+
+
+def test_training_lowers_every_head_loss_and_accelerates_decoding(trained):
+    root, base_path, summary = trained
+    base = AutoModelForCausalLM.from_pretrained(base_path)
+    fresh = MedusaModel(base, MedusaConfig(medusa_num_heads=HEADS, base_model_name_or_path=base_path))
+    fresh_loss, fresh_top1 = held_out_metrics(fresh, root)
+    model = MedusaModel.from_pretrained(str(root / "heads"))
+    assert json.loads((root / "heads" / "config.json").read_text())["base_model_name_or_path"] == base_path
+    loss, top1 = held_out_metrics(model, root)
+    assert (loss < 0.6 * fresh_loss).all(), (loss, fresh_loss)
+    assert (top1 > 0.4).all() and (top1 > fresh_top1 + 0.1).all(), (top1, fresh_top1)  # chance: 1/95
+    # The logged held-out accuracies are the ones measured here.
+    assert [h["top1"] for h in summary["heads"]] == pytest.approx(top1.tolist(), abs=2e-3)
+    assert summary["global_steps"] == 250 and summary["train_conversations"] == 96
+
+    tok = model.get_tokenizer()
+    prompts = [c[:1] for c in load_conversations(str(root / "eval.jsonl"))[:4]]
+    accepted = {"fresh": [], "trained": []}
+    for messages in prompts:
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True)["input_ids"]
+        reference = greedy_reference(model.base_model, ids, 32)
+        for name, m in (("fresh", fresh), ("trained", model)):
+            steps = list(m.medusa_generate(ids, max_new_tokens=32))
+            tokens = [t for s in steps for t in s["new_token_ids"]]
+            assert tokens[:32] == reference  # still exactly greedy
+            accepted[name] += [s["accept_length"] for s in steps]
+    mean = {k: sum(v) / len(v) for k, v in accepted.items()}
+    assert mean["trained"] > mean["fresh"] + 1.0, mean  # measured: 2.4 vs 0.3
+
+
+def test_base_is_frozen_and_only_heads_are_saved(trained, tmp_path):
+    root, base_path, _ = trained
+    parser = HfArgumentParser((ModelArguments, MedusaTrainingArguments))
+    model_args, training_args = parser.parse_args_into_dataclasses(
+        ["--model_name_or_path", base_path, "--output_dir", str(tmp_path), "--medusa_num_heads", str(HEADS)])
+    model = build_medusa_model(model_args, training_args)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"medusa_head.{k}" for k in model.medusa_head.state_dict()}  # lm_head frozen too
+    assert all(p.dtype == torch.float32 for p in model.medusa_head.parameters())
+    saved = load_file(str(root / "heads" / "medusa_lm_head.safetensors"))
+    assert sorted(saved) == sorted(f"{i}.{j}" for i in range(HEADS) for j in ("0.linear.weight", "0.linear.bias",
+                                                                               "1.weight"))
+    summary = json.loads((root / "heads" / "training_summary.json").read_text())
+    assert summary["heads"][0]["top5"] >= summary["heads"][0]["top1"]
+
+
+def test_resume_from_checkpoint_continues_exactly(distilled, tmp_path):  # noqa: F811
+    root, base = distilled
+    straight = tmp_path / "straight"
+    train(train_args(root, base, straight, 6, "--save_strategy", "steps", "--save_steps", "3"))
+    assert sorted(p.name for p in straight.glob("checkpoint-3/*.safetensors")) == ["medusa_lm_head.safetensors"]
+    resumed = tmp_path / "resumed"
+    summary = train(train_args(root, base, resumed, 6, "--resume_from_checkpoint", str(straight / "checkpoint-3")))
+    assert summary["global_steps"] == 6
+    a, b = (load_file(str(d / "medusa_lm_head.safetensors")) for d in (straight, resumed))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_shared_lm_head_heads_train_and_save_as_version_2(distilled, tmp_path):  # noqa: F811
+    root, base = distilled
+    summary = train(train_args(root, base, tmp_path, 20, "--medusa_head_type", "shared_lm_head",
+                               "--eval_data_path", str(root / "eval.jsonl")))
+    assert json.loads((tmp_path / "config.json").read_text())["version"] == "2"
+    assert sorted(load_file(str(tmp_path / "medusa_lm_head.safetensors"))) == sorted(
+        f"{i}.0.linear.{w}" for i in range(HEADS) for w in ("weight", "bias"))  # no vocabulary projection
+    model = MedusaModel.from_pretrained(str(tmp_path))
+    assert model.config.shared_lm_head and summary["heads"][0]["top1"] > 0.2
