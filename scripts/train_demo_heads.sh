@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Reproduce the shipped demo heads (medusa/demo_heads/) for SmolLM2-135M-Instruct on one GPU.
+#
+#   scripts/train_demo_heads.sh BASE_DIR PROMPTS_JSONL WORK_DIR [NUM_PROMPTS] [stage...]
+#
+# stages: data (self-distil answers to NUM_PROMPTS prompts sampled with seed 0), train (own vs shared
+# lm_head, 3 and 5 heads), eval (head accuracy and simulated tokens/step on MT-bench first turns).
+# Default: all three. Each training run writes WORK_DIR/heads_<type>_<n>/ with training_summary.json;
+# eval writes WORK_DIR/eval_<type>_<n>.json.
+set -euo pipefail
+BASE=$1 PROMPTS=$2 WORK=$3 N=${4:-3000}
+shift $(( $# < 4 ? $# : 4 ))
+STAGES=${*:-data train eval}
+mkdir -p "$WORK"
+cd "$(dirname "$0")/.."
+
+if [[ " $STAGES " == *" data "* ]]; then
+  python3 - "$PROMPTS" "$N" "$WORK/prompts.jsonl" <<'PY'
+import random, sys
+lines = open(sys.argv[1]).read().splitlines()
+random.Random(0).shuffle(lines)
+open(sys.argv[3], "w").write("\n".join(lines[: int(sys.argv[2])]) + "\n")
+PY
+  python3 data_generation/generate.py --model "$BASE" --input "$WORK/prompts.jsonl" --output "$WORK/distilled.jsonl" \
+      --max-new-tokens 512 --batch-size 256 --dtype bfloat16
+  head -n -200 "$WORK/distilled.jsonl" > "$WORK/train.jsonl"
+  tail -n 200 "$WORK/distilled.jsonl" > "$WORK/eval.jsonl"
+fi
+
+for config in ${CONFIGS:-shared_lm_head:3 shared_lm_head:5 own_lm_head:3 own_lm_head:5}; do
+  type=${config%:*} heads=${config#*:}
+  if [[ " $STAGES " == *" train "* ]]; then
+    python3 medusa/train/train_legacy.py --model_name_or_path "$BASE" \
+        --data_path "$WORK/train.jsonl" --eval_data_path "$WORK/eval.jsonl" --bf16 True \
+        --output_dir "$WORK/heads_${type}_${heads}" --num_train_epochs ${EPOCHS:-2} \
+        --per_device_train_batch_size 16 --per_device_eval_batch_size 16 --gradient_accumulation_steps 1 \
+        --learning_rate 1e-3 --weight_decay 0.0 --warmup_ratio 0.1 --lr_scheduler_type cosine \
+        --logging_steps 50 --save_strategy no --eval_strategy no --model_max_length 1024 \
+        --medusa_num_heads "$heads" --medusa_num_layers 1 --medusa_head_type "$type" \
+        --dataloader_num_workers 2 --report_to none
+  fi
+  if [[ " $STAGES " == *" eval "* ]]; then
+    python3 -m medusa.eval.heads_accuracy --model "$WORK/heads_${type}_${heads}" --base-model "$BASE" \
+        --max-new-tokens 256 --batch-size 80 --trees mc_sim_7b_63 --build-tree 63 \
+        --tree-output "$WORK/tree_${type}_${heads}.json" --output "$WORK/eval_${type}_${heads}.json"
+  fi
+done
