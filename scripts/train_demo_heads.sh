@@ -41,7 +41,7 @@ for config in ${CONFIGS:-shared_lm_head:3 shared_lm_head:5 own_lm_head:3 own_lm_
   fi
   if [[ " $STAGES " == *" eval "* ]]; then
     python3 -m medusa.eval.heads_accuracy --model "$WORK/heads_${type}_${heads}" --base-model "$BASE" \
-        --max-new-tokens 256 --batch-size 80 --trees mc_sim_7b_63 --build-tree 63 \
+        --max-new-tokens 256 --batch-size 80 --build-tree 63 \
         --tree-output "$WORK/tree_${type}_${heads}.json" --output "$WORK/eval_${type}_${heads}.json"
   fi
 done

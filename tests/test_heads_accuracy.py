@@ -73,7 +73,7 @@ def test_command_line_writes_figures_and_a_loadable_tree(tmp_path):
           "--output", str(tmp_path / "out.json"), "--device", "cpu"])
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["questions"] == 3 and len(result["top1"]) == 4 and result["new_tokens"] > 0
-    assert set(result["trees"]) == {"mc_sim_7b_63", "[[0], [0, 0]]", "built_12"}
+    assert set(result["trees"]) == {"default", "mc_sim_7b_63", "[[0], [0, 0]]", "built_12"}
     for figures in result["trees"].values():
         assert 1.0 <= figures["tokens_per_step"] <= 5.0
     tree = json.loads((tmp_path / "tree.json").read_text())

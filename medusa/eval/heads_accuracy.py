@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--trees", nargs="*", default=["mc_sim_7b_63"], help="Trees to simulate (preset names, JSON, files).")
+    parser.add_argument("--trees", nargs="*", default=[],
+                        help="Trees to simulate besides the default one (preset names, JSON, files).")
     parser.add_argument("--build-tree", type=int, metavar="NODES", help="Also grow a tree of NODES nodes from the accuracies.")
     parser.add_argument("--tree-output", help="Where to write the grown tree (JSON list of paths).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -124,7 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     acc = accuracies(all_hits, prompt_lens)
     result = {"questions": len(questions), "new_tokens": sum(len(s) - n for s, n in zip(sequences, prompt_lens)),
               "top1": acc[:, 0].tolist(), "top5": acc[:, :5].sum(1).tolist(), "accuracy": acc.tolist(), "trees": {}}
-    trees = {name: resolve_medusa_choices(name, model.config.medusa_num_heads) for name in args.trees}
+    num_heads = model.config.medusa_num_heads
+    trees = {"default": resolve_medusa_choices(None, num_heads)}
+    trees |= {name: resolve_medusa_choices(name, num_heads) for name in args.trees}
     if args.build_tree:
         trees[f"built_{args.build_tree}"] = build_tree(acc, args.build_tree)
         if args.tree_output:
