@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 if [[ " $STAGES " == *" data "* ]]; then
   python3 - "$PROMPTS" "$N" "$WORK/prompts.jsonl" <<'PY'
 import random, sys
-lines = open(sys.argv[1]).read().splitlines()
+lines = [line for line in open(sys.argv[1]).read().split("\n") if line]  # not splitlines(): JSON strings may hold U+2028
 random.Random(0).shuffle(lines)
 open(sys.argv[3], "w").write("\n".join(lines[: int(sys.argv[2])]) + "\n")
 PY
