@@ -1,0 +1,340 @@
+"""Export Medusa heads in the layout each serving engine loads as is (DESIGN.md §2).
+
+    python -m medusa.export --model DIR --format {fasterdecoding,tgi,vllm,trtllm} --output DIR [--base-model DIR]
+
+``--model`` is anything :meth:`medusa.model.MedusaModel.from_pretrained` reads (ours, FasterDecoding
+heads-only ``.pt``/``.safetensors``, FasterDecoding full model, "version 2"). Only the head tensors are
+read; the base model is touched only to materialise per-head lm_heads for "version 2" heads, and then
+only its lm_head tensor is read from its safetensors when the file layout allows it.
+
+What each format writes:
+
+- ``fasterdecoding``: ``config.json`` (``medusa_num_heads``, ``medusa_num_layers``,
+  ``base_model_name_or_path``) and ``medusa_lm_head.pt``, the file FasterDecoding's
+  ``MedusaModel.from_pretrained`` reads (``safetensors=True``: ``medusa_lm_head.safetensors`` instead).
+  Keys ``{i}.{j}.linear.weight|bias``, ``{i}.{L}.weight``.
+- ``tgi``: the same config (plus ``"version": "2"`` for shared-lm_head heads) and
+  ``medusa_lm_head.safetensors``. TGI reads per-head lm_heads when every ``{i}.{L}.weight`` is
+  present, else falls back to its "version 2" loader, which needs ``medusa_num_layers == 1``.
+- ``vllm``: ``config.json`` with ``model_type: medusa``, ``architectures: [MedusaModel]``,
+  ``num_heads``, ``num_hidden_layers``, ``hidden_size``, ``vocab_size``, ``truncated_vocab_size``,
+  ``medusa_fc_bias: true`` (without it vLLM builds the ResBlocks without bias and drops ours
+  silently) and ``model.safetensors`` with keys ``blocks.{i}.layers.{j}.weight|bias`` and
+  ``lm_heads.{i}.weight``. "Version 2" heads set ``original_lm_head: true`` and store the base lm_head
+  once, as ``lm_heads.0.weight``.
+- ``trtllm``: ``medusa_lm_head.safetensors`` with heads-only keys (biases included), the FasterDecoding
+  config, and a ``README.md`` with the ``convert_checkpoint.py`` / ``trtllm-build`` commands.
+
+Engines that need an lm_head per head (FasterDecoding, TensorRT-LLM, TGI with more than one layer per
+head) get "version 2" heads with the base lm_head copied into every head, and the export says so.
+Every export carries ``base_model_name_or_path``.
+"""
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import warnings
+from dataclasses import dataclass
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .model import checkpoint
+from .model.checkpoint import CheckpointError
+from .model.config import MedusaConfig
+from .model.heads import MedusaHeads
+from .model.medusa_choices import resolve_medusa_choices
+
+logger = logging.getLogger(__name__)
+
+VLLM_WEIGHTS = "model.safetensors"
+_RESBLOCK_WEIGHT = re.compile(r"^\d+\.\d+\.linear\.weight$")
+
+
+@dataclass
+class HeadsCheckpoint:
+    """Medusa heads read from disk without their base model.
+
+    Attributes:
+        config: the resolved head configuration (hidden and vocabulary sizes from the weights;
+            ``vocab_size`` is None for "version 2" heads, which hold no vocabulary-sized tensor).
+        state_dict: head tensors with heads-only key names ``{i}.{j}.linear.*`` / ``{i}.{L}.weight``.
+    """
+
+    config: MedusaConfig
+    state_dict: dict[str, torch.Tensor]
+
+
+def _sizes_from_weights(raw: dict, state_dict: dict[str, torch.Tensor]) -> tuple[int, int | None]:
+    """(hidden_size, vocab_size) read off the tensors: ResBlock weights ``[d, d]``, lm_heads ``[V, d]``."""
+    layers = raw.get("medusa_num_layers", 1)
+    lm_head = state_dict.get(f"0.{layers}.weight")
+    resblock = next((v for k, v in state_dict.items() if _RESBLOCK_WEIGHT.match(k)), None)
+    if lm_head is not None:
+        return lm_head.shape[1], lm_head.shape[0]
+    if resblock is not None:
+        return resblock.shape[0], raw.get("vocab_size")
+    raise CheckpointError(f"Found neither ResBlock weights nor an lm_head '0.{layers}.weight' among the head tensors.")
+
+
+def load_heads_checkpoint(path: str, base_model: str | None = None) -> HeadsCheckpoint:
+    """Read and validate the heads at ``path`` (any layout ``MedusaModel.from_pretrained`` reads).
+
+    Args:
+        base_model: overrides the config's ``base_model_name_or_path`` (a FasterDecoding full model
+            names itself).
+
+    Raises:
+        CheckpointError: no config or heads, or heads that do not match their config (names the keys).
+    """
+    raw = checkpoint.read_config(path)
+    state_dict = checkpoint.read_heads_state_dict(path)
+    hidden_size, vocab_size = _sizes_from_weights(raw, state_dict)
+    config = checkpoint.resolve_config(raw, state_dict, hidden_size, vocab_size)
+    if base_model is not None:
+        config.base_model_name_or_path = base_model
+    elif config.base_model_name_or_path is None and checkpoint.is_full_model(path):
+        config.base_model_name_or_path = path
+    with torch.device("meta"):  # checks key names and shapes without allocating the heads
+        heads = MedusaHeads(config.medusa_num_heads, config.medusa_num_layers, hidden_size, vocab_size or 1,
+                            config.shared_lm_head)
+    with warnings.catch_warnings():  # copying into meta parameters is the intended no-op
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
+        checkpoint.load_heads_strict(heads, state_dict)
+    return HeadsCheckpoint(config, state_dict)
+
+
+def base_lm_head_weight(base_model: str) -> torch.Tensor:
+    """The base model's output embedding ``[V, d]``, read from a local model directory.
+
+    Reads only that tensor from the model's safetensors (tied embeddings included, found by the
+    parameter names the architecture gives it); loads the whole model only when that fails.
+    """
+    if not base_model or not os.path.isdir(base_model):
+        raise CheckpointError(
+            f"Materialising per-head lm_heads needs the base model's lm_head, but the base model {base_model!r} is "
+            "not a local directory: pass --base-model DIR."
+        )
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_model))
+    target = skeleton.get_output_embeddings().weight
+    names = [name for name, param in skeleton.named_parameters(remove_duplicate=False) if param is target]
+    index_file = os.path.join(base_model, "model.safetensors.index.json")
+    if os.path.isfile(index_file):
+        with open(index_file) as f:
+            weight_map = json.load(f)["weight_map"]
+    elif os.path.isfile(os.path.join(base_model, "model.safetensors")):
+        with safe_open(os.path.join(base_model, "model.safetensors"), framework="pt") as f:
+            weight_map = dict.fromkeys(f.keys(), "model.safetensors")
+    else:
+        weight_map = {}
+    for name in names:
+        if name in weight_map:
+            with safe_open(os.path.join(base_model, weight_map[name]), framework="pt") as f:
+                return f.get_tensor(name)
+    logger.info("No %s tensor in %s's safetensors: loading the whole model for its lm_head.", names, base_model)
+    return AutoModelForCausalLM.from_pretrained(base_model).get_output_embeddings().weight.detach()
+
+
+def _with_own_lm_heads(heads: HeadsCheckpoint, base_model: str | None, engine: str, why: str,
+                       notes: list[str]) -> dict[str, torch.Tensor]:
+    """Heads-only state dict with an lm_head per head; "version 2" heads get copies of the base lm_head."""
+    if not heads.config.shared_lm_head:
+        return dict(heads.state_dict)
+    try:
+        lm_head = base_lm_head_weight(base_model or heads.config.base_model_name_or_path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{engine} {why}, so the shared lm_head must be copied into each head. {e}") from None
+    layers = heads.config.medusa_num_layers
+    state = dict(heads.state_dict)
+    for i in range(heads.config.medusa_num_heads):
+        # safetensors refuses tensors that share memory, hence a copy per head.
+        state[f"{i}.{layers}.weight"] = lm_head.to(heads.state_dict[f"{i}.0.linear.weight"].dtype).clone()
+    notes.append(
+        f"'version 2' heads (shared lm_head): {engine} {why}, so the base model's lm_head was materialised as "
+        f"{heads.config.medusa_num_heads} per-head copies (the export is larger, the outputs are identical)."
+    )
+    return state
+
+
+def _fasterdecoding_config(heads: HeadsCheckpoint, version_2: bool = False) -> dict:
+    config = {
+        "medusa_num_heads": heads.config.medusa_num_heads,
+        "medusa_num_layers": heads.config.medusa_num_layers,
+        "base_model_name_or_path": heads.config.base_model_name_or_path,
+    }
+    return config | {"version": "2"} if version_2 else config
+
+
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
+def _save_safetensors(state: dict[str, torch.Tensor], path: str) -> None:
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, path, metadata={"format": "pt"})
+
+
+def export_fasterdecoding(heads: HeadsCheckpoint, output: str, base_model: str | None = None,
+                          safetensors: bool = False) -> list[str]:
+    """FasterDecoding heads-only: ``config.json`` + ``medusa_lm_head.pt`` (or ``.safetensors``). Returns notes."""
+    notes = []
+    state = _with_own_lm_heads(heads, base_model, "FasterDecoding", "has no 'version 2' heads", notes)
+    os.makedirs(output, exist_ok=True)
+    _write_json(os.path.join(output, "config.json"), _fasterdecoding_config(heads))
+    if safetensors:
+        _save_safetensors(state, os.path.join(output, checkpoint.HEADS_SAFETENSORS))
+    else:
+        torch.save({k: v.contiguous() for k, v in state.items()}, os.path.join(output, checkpoint.HEADS_PT))
+    if heads.config.medusa_num_layers > 1:
+        notes.append(
+            "FasterDecoding's MedusaModel repeats one ResBlock instance per head (tied layers), so it cannot hold "
+            f"{heads.config.medusa_num_layers} independent layers per head: use this library, TGI or vLLM instead."
+        )
+    return notes
+
+
+def export_tgi(heads: HeadsCheckpoint, output: str, base_model: str | None = None) -> list[str]:
+    """TGI: ``config.json`` + ``medusa_lm_head.safetensors``. Returns notes."""
+    notes = []
+    version_2 = heads.config.shared_lm_head and heads.config.medusa_num_layers == 1
+    if version_2:
+        state = dict(heads.state_dict)
+    else:
+        state = _with_own_lm_heads(
+            heads, base_model, "TGI", f"reads shared-lm_head heads only with medusa_num_layers == 1 (these have "
+            f"{heads.config.medusa_num_layers})", notes)
+    os.makedirs(output, exist_ok=True)
+    _write_json(os.path.join(output, "config.json"), _fasterdecoding_config(heads, version_2))
+    _save_safetensors(state, os.path.join(output, checkpoint.HEADS_SAFETENSORS))
+    return notes
+
+
+def export_vllm(heads: HeadsCheckpoint, output: str, base_model: str | None = None) -> list[str]:
+    """vLLM: ``config.json`` (model_type medusa) + ``model.safetensors`` with vLLM's key names. Returns notes."""
+    config, layers = heads.config, heads.config.medusa_num_layers
+    state = {}
+    for i in range(config.medusa_num_heads):
+        for j in range(layers):
+            state[f"blocks.{i}.layers.{j}.weight"] = heads.state_dict[f"{i}.{j}.linear.weight"]
+            state[f"blocks.{i}.layers.{j}.bias"] = heads.state_dict[f"{i}.{j}.linear.bias"]
+        if not config.shared_lm_head:
+            state[f"lm_heads.{i}.weight"] = heads.state_dict[f"{i}.{layers}.weight"]
+    notes = []
+    if config.shared_lm_head:
+        lm_head = base_lm_head_weight(base_model or config.base_model_name_or_path)
+        state["lm_heads.0.weight"] = lm_head.to(heads.state_dict["0.0.linear.weight"].dtype)
+        notes.append("'version 2' heads (shared lm_head): the base model's lm_head is stored once as "
+                     "lm_heads.0.weight with original_lm_head: true, which vLLM shares across heads.")
+    vocab_size = state["lm_heads.0.weight"].shape[0]
+    vllm_config = {
+        "model_type": "medusa",
+        "architectures": ["MedusaModel"],
+        "num_heads": config.medusa_num_heads,
+        "num_hidden_layers": layers,
+        "hidden_size": config.hidden_size,
+        "vocab_size": vocab_size,
+        "truncated_vocab_size": vocab_size,
+        "medusa_fc_bias": True,
+        "original_lm_head": config.shared_lm_head,
+        "base_model_name_or_path": config.base_model_name_or_path,
+    }
+    os.makedirs(output, exist_ok=True)
+    _write_json(os.path.join(output, "config.json"), vllm_config)
+    _save_safetensors(state, os.path.join(output, VLLM_WEIGHTS))
+    return notes
+
+
+TRTLLM_README = """\
+# Medusa heads for TensorRT-LLM
+
+Exported by medusa-llm: {num_heads} heads, {num_layers} ResBlock layer(s) per head, base model `{base}`.
+`medusa_lm_head.safetensors` holds the heads-only keys (`{{i}}.{{j}}.linear.weight|bias`, `{{i}}.{num_layers}.weight`)
+that `examples/medusa/convert_checkpoint.py` reads. Build and run (from TensorRT-LLM's `examples/medusa`):
+
+```bash
+python convert_checkpoint.py --model_dir {base} \\
+    --medusa_model_dir {output} \\
+    --output_dir ./tllm_checkpoint_medusa --dtype float16 \\
+    --num_medusa_heads {num_heads} --num_medusa_layers {num_layers}
+trtllm-build --checkpoint_dir ./tllm_checkpoint_medusa --output_dir ./medusa_engine \\
+    --gemm_plugin float16 --speculative_decoding_mode medusa --max_batch_size 4
+python ../run.py --engine_dir ./medusa_engine --tokenizer_dir {base} --max_output_len 256 \\
+    --medusa_choices "{choices}"
+```
+
+`--medusa_choices` is the tree; no path may be longer than {num_heads} (shown: medusa-llm's default
+preset `mc_sim_7b_63` cut to {num_heads} heads; `medusa.model.presets()` lists the others).
+"""
+
+
+def export_trtllm(heads: HeadsCheckpoint, output: str, base_model: str | None = None) -> list[str]:
+    """TensorRT-LLM: ``medusa_lm_head.safetensors`` (biases, per-head lm_heads), config and build README."""
+    notes = []
+    state = _with_own_lm_heads(heads, base_model, "TensorRT-LLM", "reads an lm_head per head", notes)
+    os.makedirs(output, exist_ok=True)
+    _write_json(os.path.join(output, "config.json"), _fasterdecoding_config(heads))
+    _save_safetensors(state, os.path.join(output, checkpoint.HEADS_SAFETENSORS))
+    choices = resolve_medusa_choices(None, heads.config.medusa_num_heads)
+    readme = TRTLLM_README.format(num_heads=heads.config.medusa_num_heads, num_layers=heads.config.medusa_num_layers,
+                                  base=heads.config.base_model_name_or_path or "BASE_MODEL_DIR",
+                                  output=os.path.abspath(output), choices=json.dumps(choices).replace(" ", ""))
+    with open(os.path.join(output, "README.md"), "w") as f:
+        f.write(readme)
+    notes.append(f"Build commands for TensorRT-LLM: {os.path.join(output, 'README.md')}")
+    return notes
+
+
+FORMATS = {
+    "fasterdecoding": export_fasterdecoding,
+    "tgi": export_tgi,
+    "vllm": export_vllm,
+    "trtllm": export_trtllm,
+}
+
+
+def export(model: str, engine: str, output: str, base_model: str | None = None, **options) -> list[str]:
+    """Read the heads at ``model`` and write them to ``output`` for ``engine``; returns notes for the user."""
+    if engine not in FORMATS:
+        raise ValueError(f"Unknown export format {engine!r}: choose one of {', '.join(FORMATS)}.")
+    if os.path.abspath(model) == os.path.abspath(output):
+        raise ValueError("--output must differ from --model: the export would overwrite the checkpoint it reads.")
+    heads = load_heads_checkpoint(model, base_model)
+    return FORMATS[engine](heads, output, base_model, **options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m medusa.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="Medusa heads directory (any layout medusa-llm reads).")
+    parser.add_argument("--format", required=True, help=f"Target engine: {', '.join(FORMATS)}.")
+    parser.add_argument("--output", required=True, help="Directory to write the export to.")
+    parser.add_argument("--base-model", default=None,
+                        help="Base model directory: overrides base_model_name_or_path in the export, and is where "
+                             "the lm_head of 'version 2' heads is read from when it must be materialised.")
+    parser.add_argument("--safetensors", action="store_true",
+                        help="fasterdecoding only: write medusa_lm_head.safetensors instead of medusa_lm_head.pt.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    options = {"safetensors": True} if args.safetensors else {}
+    if args.safetensors and args.format != "fasterdecoding":
+        print("error: --safetensors applies to --format fasterdecoding only.", file=sys.stderr)
+        return 2
+    try:
+        notes = export(args.model, args.format, args.output, args.base_model, **options)
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for note in notes:
+        print(f"note: {note}")
+    print(f"Exported {args.model} for {args.format} to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
