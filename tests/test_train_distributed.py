@@ -73,3 +73,20 @@ def test_zero3_partitions_gathers_and_matches_ddp(distilled, ddp, tmp_path):  # 
     assert zero3.keys() == reference.keys()
     for key in reference:  # whole tensors (gathered), same training as DDP
         torch.testing.assert_close(zero3[key], reference[key], rtol=1e-4, atol=1e-6)
+
+
+def test_medusa2_lora_self_distillation_under_ddp(distilled, tmp_path):  # noqa: F811
+    root, base = distilled
+    out = tmp_path / "medusa2"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "medusa/train/train.py"), "--model_name_or_path", base, "--data_path", str(root / "train.jsonl"),
+           "--output_dir", str(out), "--max_steps", "8", "--per_device_train_batch_size", "4",
+           "--learning_rate", "3e-3", "--model_max_length", "128", "--medusa_num_heads", str(HEADS),
+           "--medusa_heads_warmup", "heads_only", "--medusa_warmup_steps", "3", "--medusa_self_distillation", "true",
+           "--save_strategy", "no", "--disable_tqdm", "true", "--use_cpu"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_steps"] == 8
+    assert MedusaModel.from_pretrained(str(out)).config.medusa_num_heads == HEADS

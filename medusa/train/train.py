@@ -10,6 +10,7 @@ The result in ``--output_dir`` is a full model (merged backbone weights + ``medu
 ``MedusaModel.from_pretrained`` loads. Trainer checkpoints hold the adapters and the heads.
 """
 
+import contextlib
 import math
 import os
 import sys
@@ -58,6 +59,21 @@ def heads_coefficient(step: int, medusa2: Medusa2Arguments) -> float:
     return medusa2.medusa_heads_coefficient
 
 
+@contextlib.contextmanager
+def detached_backbone(model):
+    """Within: the backbone's last hidden states are detached, so only the heads receive gradients."""
+
+    def detach(module, args, output):
+        output.last_hidden_state = output.last_hidden_state.detach()
+        return output
+
+    handle = model.decoder.register_forward_hook(detach)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def next_token_loss(logits, labels, teacher_logits=None) -> torch.Tensor:
     """L_LM over ``[B, S, V]`` logits: CE on ``labels`` shifted by one, or KL to ``teacher_logits`` there."""
     targets = labels[:, 1:]
@@ -86,9 +102,9 @@ class Medusa2Trainer(MedusaTrainer):
         unwrapped = self.accelerator.unwrap_model(model)
         labels = inputs["labels"]
         if self.heads_only():  # stage 1: the backbone gets no gradient at all
-            with torch.no_grad():
-                hidden = unwrapped.hidden_states(inputs["input_ids"], inputs["attention_mask"])
-            loss = self.head_loss(unwrapped.head_logits(hidden), labels)
+            with detached_backbone(unwrapped):  # through the DDP wrapper, so that head gradients are synced
+                head_logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            loss = self.head_loss(head_logits, labels)
         else:
             head_logits, logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                         output_orig=True)
