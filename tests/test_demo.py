@@ -8,9 +8,11 @@ import time
 
 import pytest
 import torch
+
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from medusa import demo
+from medusa.eval.questions import load_questions, render_chat
 from tests.demo_helpers import (HAIKU_GREEDY_IDS, HAIKU_GREEDY_TEXT, HAIKU_PROMPT, SMALL_TREE, fresh_demo_heads,
                                 one_thread)
 
@@ -100,3 +102,22 @@ def test_shipped_heads_are_small_and_name_the_demo_base():
     assert size <= 20 * 2**20
     with open(os.path.join(demo.DEMO_HEADS_DIR, "config.json")) as f:
         assert json.load(f)["base_model_name_or_path"] == demo.DEMO_BASE_NAME
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(demo.DEMO_HEADS_DIR), reason="the trained demo heads are not in the repository yet")
+def test_shipped_heads_are_lossless_and_accept_two_tokens_per_step_on_mt_bench():
+    """Every MT-bench first turn, 64 tokens: Medusa (the CPU tree shipped with the heads) == HF greedy."""
+    model = demo.load_demo(dtype=torch.float32)
+    tree = os.path.join(demo.DEMO_HEADS_DIR, "cpu_tree.json")
+    tokens = steps = 0
+    for question in load_questions():
+        input_ids = render_chat(model.tokenizer, [{"role": "user", "content": question["turns"][0]}])
+        outs = list(model.medusa_generate(input_ids, max_new_tokens=64, medusa_choices=tree))
+        medusa = sum((o["new_token_ids"] for o in outs), [])
+        reference = model.base_model.generate(input_ids, max_new_tokens=64, do_sample=False,
+                                              attention_mask=torch.ones_like(input_ids))[0, input_ids.shape[1]:]
+        assert medusa == reference.tolist(), question["question_id"]
+        tokens, steps = tokens + len(medusa), steps + len(outs)
+    print(f"MT-bench first turns, 64 tokens, CPU: {tokens / steps:.3f} tokens per step")
+    assert tokens / steps >= 2.0

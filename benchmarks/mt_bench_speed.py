@@ -1,0 +1,109 @@
+"""Tokens/s on MT-bench first turns: Hugging Face ``generate()`` greedy, the library's greedy loop, and Medusa.
+
+Every generation is timed with device synchronisation, batch size 1, temperature 0. Prints a table per
+category and overall (tokens/s of each, Medusa tokens per step, both speedups, the fraction of answers
+identical to the library's greedy loop over all their tokens, peak GPU memory) and writes JSON.
+
+    python benchmarks/mt_bench_speed.py --model medusa/demo_heads --base-model DEMO_DIR --output speed.json
+"""
+
+import argparse
+import collections
+import json
+import time
+
+import torch
+
+from medusa.eval.questions import DEFAULT_QUESTIONS, load_questions, render_chat
+from medusa.model import MedusaModel
+
+
+def timed(fn):
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, time.perf_counter() - start
+
+
+def stream(generator):
+    tokens, steps = [], 0
+    for out in generator:
+        tokens += out["new_token_ids"]
+        steps += 1
+    return tokens, steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--base-model")
+    parser.add_argument("--questions", default=DEFAULT_QUESTIONS)
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--trees", nargs="+", default=[None], help="trees to run Medusa with (default: the default tree)")
+    parser.add_argument("--hf-limit", type=int, default=10, help="questions also run with HF generate() (it is slow)")
+    parser.add_argument("--output")
+    args = parser.parse_args()
+
+    model = MedusaModel.from_pretrained(args.model, base_model=args.base_model, dtype=torch.bfloat16).cuda().eval()
+    tokenizer = model.get_tokenizer()
+    questions = load_questions(args.questions, args.limit)
+    prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}]).cuda() for q in questions]
+    n = args.max_new_tokens
+    for prompt in prompts[:2]:  # warm-up: graph capture, cuBLAS handles
+        stream(model.greedy_generate(prompt, max_new_tokens=16))
+        for tree in args.trees:
+            stream(model.medusa_generate(prompt, max_new_tokens=16, medusa_choices=tree))
+    torch.cuda.reset_peak_memory_stats()
+
+    rows = []
+    for i, (q, prompt) in enumerate(zip(questions, prompts)):
+        row = {"question_id": q["question_id"], "category": q["category"]}
+        (greedy, _), row["greedy_s"] = timed(lambda: stream(model.greedy_generate(prompt, max_new_tokens=n)))
+        row["greedy_tokens"] = len(greedy)
+        for tree in args.trees:
+            (tokens, steps), seconds = timed(lambda: stream(model.medusa_generate(prompt, max_new_tokens=n, medusa_choices=tree)))
+            row[f"medusa[{tree}]"] = {"tokens": len(tokens), "steps": steps, "s": seconds, "identical": tokens == greedy}
+        if i < args.hf_limit:
+            out, row["hf_s"] = timed(lambda: model.base_model.generate(prompt, max_new_tokens=n, do_sample=False,
+                                                                       attention_mask=torch.ones_like(prompt)))
+            hf = out[0, prompt.shape[1]:].tolist()
+            row["hf_tokens"] = len(hf)
+            row["hf_identical_to_greedy"] = hf == greedy
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    def summary(subset):
+        s = {"questions": len(subset), "greedy_tok_s": sum(r["greedy_tokens"] for r in subset) / sum(r["greedy_s"] for r in subset)}
+        hf = [r for r in subset if "hf_s" in r]
+        if hf:
+            s["hf_tok_s"] = sum(r["hf_tokens"] for r in hf) / sum(r["hf_s"] for r in hf)
+            s["hf_identical_to_greedy"] = sum(r["hf_identical_to_greedy"] for r in hf) / len(hf)
+        for tree in args.trees:
+            m = [r[f"medusa[{tree}]"] for r in subset]
+            tok_s = sum(x["tokens"] for x in m) / sum(x["s"] for x in m)
+            s[f"medusa[{tree}]"] = {"tok_s": tok_s, "tokens_per_step": sum(x["tokens"] for x in m) / sum(x["steps"] for x in m),
+                                   "speedup_vs_greedy": tok_s / s["greedy_tok_s"],
+                                   "speedup_vs_hf": tok_s / s["hf_tok_s"] if hf else None,
+                                   "identical_to_greedy": sum(x["identical"] for x in m) / len(m)}
+        return s
+
+    by_category = collections.defaultdict(list)
+    for r in rows:
+        by_category[r["category"]].append(r)
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "max_new_tokens": n,
+              "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "overall": summary(rows),
+              "categories": {c: summary(rs) for c, rs in sorted(by_category.items())}, "rows": rows}
+    for name, s in [("overall", result["overall"])] + list(result["categories"].items()):
+        medusa = "  ".join(f"{t}: {v['tok_s']:.0f} tok/s, {v['tokens_per_step']:.2f} tok/step, x{v['speedup_vs_greedy']:.2f}, "
+                           f"same {v['identical_to_greedy']:.2f}" for t, v in s.items() if t.startswith("medusa"))
+        print(f"{name:12s} greedy {s['greedy_tok_s']:.0f} tok/s  hf {s.get('hf_tok_s', float('nan')):.1f} tok/s  {medusa}")
+    print(f"peak memory {result['peak_memory_gib']:.2f} GiB")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
