@@ -215,3 +215,18 @@ def test_absolute_path_options(tmp_path, monkeypatch):
     assert absolute_path_options(argv, ("--judge-file", "--input-file")) == [
         "--judge-file", str(tmp_path / "j.jsonl"), "--mode", "single", f"--input-file={tmp_path / 'r.jsonl'}",
         "--model-list", "a"]
+
+
+def test_missing_judge_packages_are_named(monkeypatch):
+    import medusa.eval.judge as judge
+
+    missing = {"anthropic", "pandas"}
+    monkeypatch.setattr(judge.importlib.util, "find_spec", lambda name: None if name in missing else object())
+    monkeypatch.setattr(judge.importlib.metadata, "version", lambda name: "1.3.0")
+    with pytest.raises(JudgeError, match=r"needs anthropic, openai<1: pip install 'anthropic' 'openai<1'"):
+        judge.check_packages("openai", "anthropic")
+    monkeypatch.setattr(judge.importlib.metadata, "version", lambda name: "0.28.1")
+    with pytest.raises(JudgeError, match=r"needs pandas: pip install 'pandas'$"):
+        judge.check_packages("openai", "pandas")
+    missing.clear()
+    judge.check_packages("openai", "anthropic", "pandas")
