@@ -34,6 +34,13 @@ def stream(generator):
     return tokens, steps
 
 
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """Index of the first differing token (the shorter length if one is a prefix of the other), None if equal."""
+    if a == b:
+        return None
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
@@ -64,13 +71,15 @@ def main() -> None:
         row["greedy_tokens"] = len(greedy)
         for tree in args.trees:
             (tokens, steps), seconds = timed(lambda: stream(model.medusa_generate(prompt, max_new_tokens=n, medusa_choices=tree)))
-            row[f"medusa[{tree}]"] = {"tokens": len(tokens), "steps": steps, "s": seconds, "identical": tokens == greedy}
+            row[f"medusa[{tree}]"] = {"tokens": len(tokens), "steps": steps, "s": seconds, "identical": tokens == greedy,
+                                     "first_difference": first_difference(tokens, greedy)}
         if i < args.hf_limit:
             out, row["hf_s"] = timed(lambda: model.base_model.generate(prompt, max_new_tokens=n, do_sample=False,
                                                                        attention_mask=torch.ones_like(prompt)))
             hf = out[0, prompt.shape[1]:].tolist()
             row["hf_tokens"] = len(hf)
             row["hf_identical_to_greedy"] = hf == greedy
+            row["hf_first_difference"] = first_difference(hf, greedy)
         rows.append(row)
         print(json.dumps(row), flush=True)
 
