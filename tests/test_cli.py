@@ -236,6 +236,16 @@ def test_sampling_options_reach_the_decoder_and_seeds_repeat(tiny_heads, monkeyp
     assert "--sampling needs --temperature > 0" in capsys.readouterr().err
 
 
+def test_trees_shipped_beside_the_heads_are_the_default(tmp_path):
+    assert cli.shipped_tree(str(tmp_path), torch.device("cpu")) is None
+    (tmp_path / "tree.json").write_text("[[0], [0, 0]]")
+    assert cli.shipped_tree(str(tmp_path), torch.device("cpu")) == str(tmp_path / "tree.json")
+    (tmp_path / "cpu_tree.json").write_text("[[0]]")
+    assert cli.shipped_tree(str(tmp_path), torch.device("cpu")) == str(tmp_path / "cpu_tree.json")
+    assert cli.shipped_tree(str(tmp_path), torch.device("cuda")) == str(tmp_path / "tree.json")
+    assert os.path.isfile(os.path.join(demo.DEMO_HEADS_DIR, "cpu_tree.json"))
+
+
 def test_unknown_conversation_template(tiny_heads, monkeypatch, capsys):
     code, _, err = _run_main(["--model", tiny_heads, "--conv-template", "vicuna"], monkeypatch, capsys)
     _one_line_error(code, err, r"Unknown conversation template 'vicuna' \(did you mean vicuna_v1\.1")

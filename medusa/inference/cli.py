@@ -118,6 +118,15 @@ def load_model(args) -> MedusaModel:
     return model
 
 
+def shipped_tree(heads_dir: str, device: torch.device) -> str | None:
+    """A tree shipped beside the heads: ``cpu_tree.json`` on CPU (big trees cost more than they save
+    there), ``tree.json`` elsewhere; None (the default preset) when the directory has none."""
+    for name in (("cpu_tree.json",) if device.type == "cpu" else ()) + ("tree.json",):
+        if os.path.isfile(os.path.join(heads_dir, name)):
+            return os.path.join(heads_dir, name)
+    return None
+
+
 @dataclass
 class ReplyStats:
     """Tokens, Medusa steps and wall time of one reply."""
@@ -285,6 +294,8 @@ def main(argv=None) -> int:
     try:
         chatio = STYLES[args.style](args.multiline)
         model = load_model(args)
+        if args.medusa_choices is None:
+            args.medusa_choices = shipped_tree(args.model or demo.DEMO_HEADS_DIR, model.lm_head.weight.device)
         model.tree_buffers(args.medusa_choices)  # reject a tree that does not fit the heads before chatting
         chat = Chat(model, args, chatio)
     except (CliError, CheckpointError, demo.DemoError, ValueError, OSError, ImportError) as e:
