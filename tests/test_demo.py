@@ -104,20 +104,42 @@ def test_shipped_heads_are_small_and_name_the_demo_base():
         assert json.load(f)["base_model_name_or_path"] == demo.DEMO_BASE_NAME
 
 
+def _batched_greedy(base, prompts: list[torch.Tensor], max_new_tokens: int, batch_size: int = 16) -> list[list[int]]:
+    """HF greedy continuations (cut after EOS) of left-padded batches of prompts ``[S_i]``."""
+    eos = base.generation_config.eos_token_id
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        width = max(len(p) for p in batch)
+        ids = torch.full((len(batch), width), eos)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, p in enumerate(batch):
+            ids[row, width - len(p) :], mask[row, width - len(p) :] = p, 1
+        new = base.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                            pad_token_id=eos)[:, width:].tolist()
+        out += [row[: row.index(eos) + 1] if eos in row else row for row in new]
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(demo.DEMO_HEADS_DIR), reason="the trained demo heads are not in the repository yet")
 def test_shipped_heads_are_lossless_and_speculate_on_mt_bench():
-    """Every MT-bench first turn, 64 tokens: Medusa (the CPU tree shipped with the heads) == HF greedy."""
+    """Every MT-bench first turn, 64 tokens: Medusa (the CPU tree shipped with the heads) == HF greedy.
+
+    The reference is HF ``generate()`` in left-padded batches, or alone where the batched answer differs.
+    """
     model = demo.load_demo(dtype=torch.float32)
     tree = os.path.join(demo.DEMO_HEADS_DIR, "cpu_tree.json")
+    prompts = [render_chat(model.tokenizer, [{"role": "user", "content": q["turns"][0]}])[0] for q in load_questions()]
+    batched = _batched_greedy(model.base_model, prompts, 64)
     tokens = steps = 0
-    for question in load_questions():
-        input_ids = render_chat(model.tokenizer, [{"role": "user", "content": question["turns"][0]}])
-        outs = list(model.medusa_generate(input_ids, max_new_tokens=64, medusa_choices=tree))
+    for input_ids, reference in zip(prompts, batched):
+        outs = list(model.medusa_generate(input_ids[None], max_new_tokens=64, medusa_choices=tree))
         medusa = sum((o["new_token_ids"] for o in outs), [])
-        reference = model.base_model.generate(input_ids, max_new_tokens=64, do_sample=False,
-                                              attention_mask=torch.ones_like(input_ids))[0, input_ids.shape[1]:]
-        assert medusa == reference.tolist(), question["question_id"]
+        if medusa != reference:  # padding can move an fp32 near-tie: the unpadded run decides
+            reference = model.base_model.generate(input_ids[None], max_new_tokens=64, do_sample=False,
+                                                  attention_mask=torch.ones_like(input_ids[None]))[0, len(input_ids):].tolist()
+        assert medusa == reference
         tokens, steps = tokens + len(medusa), steps + len(outs)
     print(f"MT-bench first turns, 64 tokens, CPU: {tokens / steps:.3f} tokens per step")
     # Measured 1.420 on 2026-11-29 (benchmarks/RESULTS.md); the issue's target of 2.0 is not met yet.
