@@ -12,13 +12,13 @@ them.
 
 import argparse
 import json
-import sys
 
 import torch
 from tqdm import tqdm
 
 from medusa.model import MedusaModel, generate_medusa_buffers, resolve_medusa_choices
 
+from .answer_cli import main_guard
 from .questions import DEFAULT_QUESTIONS, load_questions, render_chat
 from .tree_builder import build_tree, expected_tokens_per_step
 
@@ -80,8 +80,7 @@ def accuracies(all_hits: list[torch.Tensor], prompt_lens: list[int]) -> torch.Te
 
 def simulate_accept_lengths(hits: torch.Tensor, prompt_len: int, tree: list[list[int]]) -> list[int]:
     """Accept length of every Medusa step of a greedy generation of ``hits.shape[0] - prompt_len`` tokens."""
-    buffers = generate_medusa_buffers(tree)
-    paths = [sorted(tree, key=lambda p: (len(p), p))[i - 1] for i in range(1, buffers.num_nodes)]
+    paths = generate_medusa_buffers(tree).key  # node order: node i + 1 is paths[i]
     depth = torch.tensor([len(p) for p in paths])
     node_ok = torch.ones(hits.shape[0], len(paths), dtype=torch.bool)
     for n, path in enumerate(paths):
@@ -148,7 +147,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    main_guard(main)
