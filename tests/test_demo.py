@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from medusa import demo
+from medusa.eval.heads_accuracy import greedy_continuations
 from medusa.eval.questions import load_questions, render_chat
 from tests.demo_helpers import (HAIKU_GREEDY_IDS, HAIKU_GREEDY_TEXT, HAIKU_PROMPT, SMALL_TREE, fresh_demo_heads,
                                 one_thread)
@@ -104,23 +105,6 @@ def test_shipped_heads_are_small_and_name_the_demo_base():
         assert json.load(f)["base_model_name_or_path"] == demo.DEMO_BASE_NAME
 
 
-def _batched_greedy(base, prompts: list[torch.Tensor], max_new_tokens: int, batch_size: int = 16) -> list[list[int]]:
-    """HF greedy continuations (cut after EOS) of left-padded batches of prompts ``[S_i]``."""
-    eos = base.generation_config.eos_token_id
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
-        width = max(len(p) for p in batch)
-        ids = torch.full((len(batch), width), eos)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, p in enumerate(batch):
-            ids[row, width - len(p) :], mask[row, width - len(p) :] = p, 1
-        new = base.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                            pad_token_id=eos)[:, width:].tolist()
-        out += [row[: row.index(eos) + 1] if eos in row else row for row in new]
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(demo.DEMO_HEADS_DIR), reason="the trained demo heads are not in the repository yet")
 def test_shipped_heads_are_lossless_and_speculate_on_mt_bench():
@@ -131,7 +115,7 @@ def test_shipped_heads_are_lossless_and_speculate_on_mt_bench():
     model = demo.load_demo(dtype=torch.float32)
     tree = os.path.join(demo.DEMO_HEADS_DIR, "cpu_tree.json")
     prompts = [render_chat(model.tokenizer, [{"role": "user", "content": q["turns"][0]}])[0] for q in load_questions()]
-    batched = _batched_greedy(model.base_model, prompts, 64)
+    batched = [s[len(p):].tolist() for s, p in zip(greedy_continuations(model, [p[None] for p in prompts], 64), prompts)]
     tokens = steps = 0
     for input_ids, reference in zip(prompts, batched):
         outs = list(model.medusa_generate(input_ids[None], max_new_tokens=64, medusa_choices=tree))
