@@ -5,7 +5,7 @@ import functools
 import pytest
 import torch
 
-from medusa.model import MedusaConfig, MedusaModel
+from medusa.model import MedusaConfig, MedusaKVCache, MedusaModel
 from tests.fitting import fitted_medusa, greedy_reference
 from tests.tiny import ARCHS, tiny_model, tiny_tokenizer
 
@@ -119,7 +119,7 @@ def test_sampling_is_reproducible_with_a_generator():
     assert runs[0] != runs[2]
 
 
-@pytest.mark.parametrize("shape, message", [((2, 5), "batch size 1|shape \\[1, prompt_len\\]"), ((1, 0), "empty")])
+@pytest.mark.parametrize("shape, message", [((5,), "must be \\[batch, prompt_len\\]"), ((1, 0), "empty")])
 def test_bad_input_ids_are_refused(shape, message):
     model = MedusaModel(tiny_model("llama"), MedusaConfig(medusa_num_heads=2))
     with pytest.raises(ValueError, match=message):
@@ -132,3 +132,68 @@ def test_prompt_longer_than_context_is_refused():
         next(model.medusa_generate(torch.randint(3, 320, (1, 60))))
     with pytest.raises(ValueError, match="exceeds the model's context of 64"):
         next(model.medusa_generate(torch.randint(3, 320, (1, 10)), max_new_tokens=50))
+
+
+def batch_prompts(seed, count):
+    """Prompts of different lengths (3 to 30 tokens) as 1-D tensors."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 320, (int(torch.randint(3, 31, (1,), generator=gen)),), generator=gen) for _ in range(count)]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("tree", [None, "custom", "none"])
+def test_batch_rows_equal_each_prompt_decoded_alone(arch, tree):
+    model = fitted(arch, 4)
+    tree = {"custom": CUSTOM}.get(tree, tree)
+    batch = batch_prompts(11, 5) + [p[0] for p in prompts(100, 4)[:2]]  # fresh prompts and two the heads know
+    references = [greedy_reference(model.base_model, p[None], NEW_TOKENS) for p in batch]
+    steps = []
+    outputs = [[] for _ in batch]
+    for rows in model.medusa_generate(batch, max_new_tokens=NEW_TOKENS, medusa_choices=tree, eos_token_id=[]):
+        steps.append([row["accept_length"] for row in rows])
+        for output, row in zip(outputs, rows):
+            output += row["new_token_ids"]
+    assert outputs == references
+    # Each row accepts its own number of tokens per step.
+    if tree != "none":
+        assert any(len(set(step)) > 1 for step in steps)
+        row_steps = [a for step in steps for a in step if a is not None]  # None: the row had finished
+        assert sum(a + 1 for a in row_steps) / len(row_steps) > 1.3
+
+
+def test_finished_rows_leave_the_batch_and_the_rest_stay_greedy(monkeypatch):
+    model = fitted("llama", 4)
+    batch = batch_prompts(12, 7)
+    references = [greedy_reference(model.base_model, p[None], NEW_TOKENS) for p in batch]
+    # An "EOS" that some rows emit early and others never: rows finish at different steps.
+    counts = {}
+    for ref in references:
+        for token in set(ref[:20]):
+            counts[token] = counts.get(token, 0) + 1
+    eos = next(t for t, c in sorted(counts.items(), key=lambda kv: -kv[1]) if c < len(batch))
+    expected = [ref[: ref.index(eos) + 1] if eos in ref else ref for ref in references]
+    sizes = []
+    copy_rows_to = MedusaKVCache.copy_rows_to
+    monkeypatch.setattr(MedusaKVCache, "copy_rows_to",
+                        lambda self, target, rows: sizes.append(target.batch_size) or copy_rows_to(self, target, rows))
+    assert model.generate(batch, max_new_tokens=NEW_TOKENS, eos_token_id=eos) == expected
+    assert len({len(e) for e in expected}) > 1 and sizes and sizes == sorted(sizes, reverse=True)
+    assert all(size & (size - 1) == 0 for size in sizes)  # powers of two: few CUDA graphs
+
+
+def test_batch_tensor_and_list_inputs_agree_and_reuse_the_cache():
+    model = fitted("qwen2", 4)
+    batch = torch.stack([p[0, :4] for p in prompts(100, 4)])
+    first = model.generate(batch, max_new_tokens=12, eos_token_id=[])
+    assert first == model.generate(list(batch), max_new_tokens=12, eos_token_id=[])
+    assert first == [greedy_reference(model.base_model, p[None], 12) for p in batch]
+
+
+@pytest.mark.parametrize("sampling", ["lossless", "typical"])
+def test_batched_sampling_is_reproducible_and_respects_limits(sampling):
+    model = fitted("llama", 4)
+    batch = batch_prompts(13, 4)
+    runs = [model.generate(batch, temperature=0.9, sampling=sampling, max_new_tokens=20, eos_token_id=[],
+                           generator=torch.Generator().manual_seed(seed)) for seed in (3, 3, 4)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+    assert all(len(row) == 20 for row in runs[0])

@@ -15,8 +15,8 @@ PROMPT_LEN = 20  # longer than the Mistral model's sliding window (12), so the w
 
 
 def forward_into_cache(model, tokens, new_mask, positions, cache):
-    """Logits ``[q, V]`` of ``tokens`` written after ``cache.length`` with the library's 4D mask."""
-    mask = model_attention_mask(model.config, cache.length, new_mask, positions, cache.capacity, torch.float32)
+    """Logits ``[q, V]`` of ``tokens`` written after ``cache.length`` (batch of one) with the library's 4D mask."""
+    mask = model_attention_mask(model.config, cache.length, new_mask, positions[None], cache.capacity, torch.float32)
     cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     return model(input_ids=tokens[None], attention_mask=mask, position_ids=positions[None], **{cache_kwarg: cache}).logits[0]
 
@@ -81,11 +81,11 @@ def test_compaction_equals_fresh_forward_over_accepted_sequence(arch):
             num_accepted = torch.randint(0, valid, (1,), generator=gen).item()  # accepted non-root tokens
             cache, _ = prefill(model, prompt, 2 * PROMPT_LEN + buffers.num_nodes)
             forward_into_cache(model, tokens, buffers.attn_mask, PROMPT_LEN + buffers.position_ids, cache)
-            cache.accept(path, num_accepted + 1)
+            cache.accept(path[None], torch.tensor([num_accepted + 1]))
             accepted = torch.cat([prompt, tokens[path[: num_accepted + 1]]])
             assert cache.length == accepted.shape[0]
             fresh = model(accepted[None], use_cache=True).past_key_values
-            for layer, (keys, values) in enumerate(cache_contents(cache, cache.length)):
+            for layer, (keys, values) in enumerate(cache_contents(cache, int(cache.length))):
                 # A sliding-window model's DynamicCache keeps only the last window - 1 entries.
                 kept = fresh.layers[layer].keys.shape[-2]
                 torch.testing.assert_close(keys[:, :, -kept:], fresh.layers[layer].keys, rtol=1e-5, atol=1e-5)
@@ -101,7 +101,7 @@ def test_capacity_overflow_raises_before_any_write():
     snapshot = [(k.clone(), v.clone()) for k, v in cache_contents(cache, cache.capacity)]
     three = torch.ones(3, 3, dtype=torch.bool).tril()
     with pytest.raises(CacheCapacityError, match="10 tokens cached \\+ 3 new > capacity 12"):
-        _forward(model, torch.tensor([5, 6, 7]), three, torch.arange(10, 13), cache)
+        _forward(model, torch.tensor([[5, 6, 7]]), three, torch.arange(10, 13)[None], cache)
     with pytest.raises(CacheCapacityError):
         cache.commit(3)
     assert cache.length == 10

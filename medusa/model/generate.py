@@ -1,6 +1,7 @@
 """The Medusa decode loop: prefill, then tree steps until EOS or the token limit (DESIGN.md §1)."""
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from functools import partial
 
 import torch
@@ -15,56 +16,62 @@ from .tree import TreeBuffers
 
 
 def _forward(model, tokens: torch.Tensor, new_mask: torch.Tensor, positions: torch.Tensor, cache: MedusaKVCache):
-    """Run ``tokens`` ``[q]`` at ``positions`` ``[q]`` into the cache; returns hidden states ``[q, d]``."""
-    cache.check_capacity(tokens.shape[0])
+    """Run ``tokens`` ``[batch, q]`` at ``positions`` ``[batch, q]`` into the cache; returns hidden states ``[batch, q, d]``."""
+    cache.check_capacity(tokens.shape[1])
     mask = model_attention_mask(model.base_model.config, cache.length, new_mask, positions, cache.capacity,
                                 model.lm_head.weight.dtype)
-    return model.hidden_states(tokens[None], mask, positions[None], cache)[0]
+    return model.hidden_states(tokens, mask, positions, cache)
 
 
-def _at(tensor: torch.Tensor, index: torch.Tensor | int) -> torch.Tensor:
-    """``tensor[index]`` for a 0-d device index without reading it on the host (plain indexing would sync)."""
-    return tensor.index_select(0, torch.as_tensor(index, device=tensor.device).reshape(1))[0]
+def _per_row(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tensor[b, index[b]]`` for every row b: ``[batch, n, ...]``, ``[batch]`` -> ``[batch, ...]`` (no host sync)."""
+    return tensor[torch.arange(tensor.shape[0], device=tensor.device), index]
 
 
 def tree_step(model, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Tensor, head_logits: torch.Tensor,
-              sampling: str = "greedy", temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-              posterior_threshold: float = 0.09, posterior_alpha: float = 0.3, generator: torch.Generator | None = None):
-    """One Medusa step: verify the tree in one forward, accept a path, compact the cache.
+              active: torch.Tensor, sampling: str = "greedy", temperature: float = 0.0, top_k: int = 0,
+              top_p: float = 1.0, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3,
+              generator: torch.Generator | None = None):
+    """One Medusa step for a batch: verify every row's tree in one forward, accept a path per row, compact the cache.
 
-    Greedy steps have static shapes and no host synchronisation, so they can be captured in a CUDA
-    graph. Lossless sampling walks the tree on the host (one sync per visited node) and draws the
-    next root from its residual; greedy and typical take it from the base logits after the last
-    accepted token.
+    Greedy and typical steps have static shapes and no host synchronisation, so they can be captured
+    in a CUDA graph. Lossless sampling walks each row's tree on the host (one sync per visited node)
+    and draws the next root from its residual; greedy and typical take it from the base logits after
+    the last accepted token.
 
     Args:
-        root: ``[1]`` the token that follows the accepted sequence.
-        head_logits: ``[heads, V]`` the heads' logits at the last accepted position (ignored for a
-            root-only tree, which makes this a plain decoding step).
+        root: ``[batch]`` the token that follows each row's accepted sequence.
+        head_logits: ``[batch, heads, V]`` the heads' logits at each row's last accepted position
+            (ignored for a root-only tree, which makes this a plain decoding step).
+        active: ``[batch]`` bool; a row that is not active keeps its cache length (finished rows
+            waiting to be dropped from the batch).
 
     Returns:
-        tokens ``[depth + 1]`` (the chosen path; its first ``accept_length + 1`` are new),
-        accept_length (0-d), the next root ``[1]`` and the head logits ``[heads, V]`` at the last
-        accepted token.
+        tokens ``[batch, depth + 1]`` (each row's chosen path; its first ``accept_length + 1`` are
+        new), accept_length ``[batch]``, the next roots ``[batch]`` and the head logits
+        ``[batch, heads, V]`` at each row's last accepted token.
     """
     tree_candidates, candidates = generate_candidates(root, head_logits, buffers)
-    hidden = _forward(model, tree_candidates, buffers.attn_mask, cache.length + buffers.position_ids, cache)
-    logits = model.lm_logits(hidden)
+    hidden = _forward(model, tree_candidates, buffers.attn_mask, cache.length[:, None] + buffers.position_ids, cache)
+    logits = model.lm_logits(hidden)  # [batch, T, V]
     if sampling == "lossless":
-        best, accept_length, next_root = evaluate_posterior_lossless(logits, tree_candidates, buffers, temperature,
-                                                                     top_k, top_p, generator)
+        rows = [evaluate_posterior_lossless(logits[b], tree_candidates[b], buffers, temperature, top_k, top_p, generator)
+                for b in range(logits.shape[0])]
+        best, accept_length, next_root = (torch.stack(column) for column in zip(*rows))
+    elif sampling == "greedy":
+        predictions = logits.argmax(-1)[:, buffers.retrieve_indices]  # [batch, leaves, depth + 1]
+        best, accept_length = evaluate_posterior_greedy(predictions, candidates, buffers.path_valid)
+        next_root = _per_row(_per_row(predictions, best), accept_length)
     else:
-        path_logits = logits[buffers.retrieve_indices]
-        if sampling == "greedy":
-            best, accept_length = evaluate_posterior_greedy(path_logits, candidates, buffers.path_valid)
-        else:
-            best, accept_length = evaluate_posterior_typical(path_logits, candidates, buffers.path_valid, temperature,
-                                                             posterior_threshold, posterior_alpha, top_k, top_p)
-        next_root = choose_root(_at(_at(path_logits, best), accept_length), temperature, top_k, top_p, generator)
-    path = _at(buffers.retrieve_indices, best)
-    cache.accept(path, accept_length + 1)
-    next_head_logits = model.head_logits(_at(hidden, _at(path, accept_length))) if buffers.depth else head_logits
-    return _at(candidates, best), accept_length, next_root, next_head_logits
+        path_logits = logits[:, buffers.retrieve_indices]
+        best, accept_length = evaluate_posterior_typical(path_logits, candidates, buffers.path_valid, temperature,
+                                                         posterior_threshold, posterior_alpha, top_k, top_p)
+        next_root = choose_root(_per_row(_per_row(path_logits, best), accept_length), temperature, top_k, top_p, generator)
+    path = buffers.retrieve_indices[best]  # [batch, depth + 1]
+    cache.accept(path, (accept_length + 1) * active)
+    if buffers.depth:
+        head_logits = model.head_logits(_per_row(hidden, _per_row(path, accept_length))).transpose(0, 1)
+    return _per_row(candidates, best), accept_length, next_root, head_logits
 
 
 def _eos_ids(model, eos_token_id) -> set[int]:
@@ -97,27 +104,47 @@ def _token_budget(model, prompt_len: int, tree_size: int, depth: int, max_steps:
     return max_new_tokens
 
 
+def _prompt_list(input_ids) -> tuple[list[torch.Tensor], bool]:
+    """``[1, L]`` tensor -> one prompt (streaming dicts); ``[B, L]`` tensor or a list of sequences -> a batch."""
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, prompt_len] or a list of prompts; got shape {tuple(input_ids.shape)}.")
+        prompts, single = list(input_ids), input_ids.shape[0] == 1
+    else:
+        prompts, single = [torch.as_tensor(p, dtype=torch.long) for p in input_ids], False
+        if any(p.ndim != 1 for p in prompts):
+            raise ValueError("A list of prompts must hold 1-D token id sequences.")
+    if not prompts or any(p.numel() == 0 for p in prompts):
+        raise ValueError("The prompt is empty.")
+    return prompts, single
+
+
 @torch.inference_mode()
-def medusa_generate(model, input_ids: torch.Tensor, temperature: float = 0.0, max_steps: int = 512,
+def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int = 512,
                     max_new_tokens: int | None = None, medusa_choices=None, posterior_threshold: float = 0.09,
                     posterior_alpha: float = 0.3, eos_token_id: int | list[int] | None = None,
                     generator: torch.Generator | None = None, sampling: str | None = None, top_k: int = 0,
-                    top_p: float = 1.0, cuda_graph: bool | None = None) -> Iterator[dict]:
+                    top_p: float = 1.0, cuda_graph: bool | None = None, tree_policy=None) -> Iterator:
     """Generate with Medusa heads, yielding after every step.
 
     Args:
         model: a :class:`~medusa.model.MedusaModel`.
-        input_ids: ``[1, prompt_len]`` (batch size 1).
+        input_ids: ``[1, prompt_len]`` for one streamed prompt; ``[batch, prompt_len]`` or a list of
+            1-D token id sequences (any lengths) for a batch, each row decoded as if alone.
         temperature: 0 for greedy (output equals plain greedy decoding of the base model); above 0,
             sampling from the base distribution at this temperature, cut by ``top_k`` / ``top_p``.
         sampling: ``"greedy"`` (temperature 0), ``"lossless"`` (the default above temperature 0:
             output distributed exactly as sampling from the base model) or ``"typical"`` (typical
             acceptance with ``posterior_threshold`` (epsilon) and ``posterior_alpha``; lossy, accepts
             more). See docs/sampling.md.
-        max_steps: most tree steps; max_new_tokens: most new tokens (default: what the steps and
-            the context allow).
-        medusa_choices: the tree (preset name, JSON string, JSON file, list of paths, None for the
-            default preset, or ``"none"`` for no speculation: the library's plain greedy loop).
+        max_steps: most tree steps; max_new_tokens: most new tokens per row (default: what the
+            steps and the context allow).
+        medusa_choices: the tree at every batch size (preset name, JSON string, JSON file, list of
+            paths, ``"none"`` for no speculation: the library's plain greedy loop). None: the tree
+            policy's choice for the current batch size, else the default preset.
+        tree_policy: a :class:`~medusa.model.tree_policy.TreePolicy` (default ``model.tree_policy``):
+            the tree for each batch size from measured head accuracies and verify costs. Rows that
+            finish are dropped from the batch, so the tree can grow as the batch shrinks.
         eos_token_id: stop token(s); default the base model's generation config.
         generator: random generator (on the model's device) for all sampling; seed it for
             reproducible output.
@@ -125,78 +152,123 @@ def medusa_generate(model, input_ids: torch.Tensor, temperature: float = 0.0, ma
             temperature 0).
 
     Yields:
-        dict with ``text`` (whole reply so far, special tokens skipped; None without a tokenizer),
-        ``new_text``, ``new_token_ids`` (tokens this step added), ``accept_length`` (tokens
-        accepted from the heads this step) and ``num_new_tokens``. Generation stops after EOS
-        (tokens accepted after it are dropped) or at the token limit.
+        For one prompt, a dict with ``text`` (whole reply so far, special tokens skipped; None
+        without a tokenizer), ``new_text``, ``new_token_ids`` (tokens this step added),
+        ``accept_length`` (tokens accepted from the heads this step) and ``num_new_tokens``. For a
+        batch, a list with one such dict per prompt (``text`` None; ``accept_length`` None and no new
+        tokens for rows that had already finished) plus ``finished``. A row stops after EOS (tokens
+        accepted after it are dropped) or at the token limit.
     """
-    if input_ids.ndim != 2 or input_ids.shape[0] != 1:
-        raise ValueError(f"medusa_generate takes input_ids of shape [1, prompt_len] (batch size 1); got {tuple(input_ids.shape)}.")
-    if input_ids.shape[1] == 0:
-        raise ValueError("The prompt is empty.")
+    prompts, single = _prompt_list(input_ids)
     sampling = resolve_sampling(sampling, temperature, top_k, top_p)
-    buffers = model.tree_buffers(medusa_choices)
-    prompt_len = input_ids.shape[1]
-    budget = _token_budget(model, prompt_len, buffers.num_nodes, buffers.depth, max_steps, max_new_tokens)
+    trees = _tree_chooser(model, medusa_choices, tree_policy)
+    sizes = [trees(n).num_nodes for n in range(1, len(prompts) + 1)]
+    longest = max(p.shape[0] for p in prompts)
+    depth = max(trees(n).depth for n in range(1, len(prompts) + 1))
+    budget = _token_budget(model, longest, max(sizes), depth, max_steps, max_new_tokens)
     device = model.lm_head.weight.device
     if cuda_graph is None:
         cuda_graph = device.type == "cuda" and sampling == "greedy"
     if cuda_graph and (device.type != "cuda" or sampling != "greedy"):
         raise ValueError("cuda_graph=True needs a CUDA model and greedy decoding (temperature 0).")
-    eos = _eos_ids(model, eos_token_id)
+    decoder = _decode(model, trees, [p.to(device) for p in prompts], longest + budget + max(sizes), budget, max_steps,
+                      _eos_ids(model, eos_token_id), cuda_graph, sampling=sampling, temperature=temperature,
+                      top_k=top_k, top_p=top_p, posterior_threshold=posterior_threshold,
+                      posterior_alpha=posterior_alpha, generator=generator)
+    yield from (_single(model.tokenizer, decoder) if single else decoder)
 
-    with model.decode_cache(prompt_len + budget + buffers.num_nodes) as (cache, graphs):
-        yield from _decode(model, buffers, cache, graphs, input_ids[0].to(device), budget, max_steps, eos, cuda_graph,
-                           sampling=sampling, temperature=temperature, top_k=top_k, top_p=top_p,
-                           posterior_threshold=posterior_threshold, posterior_alpha=posterior_alpha, generator=generator)
+
+def _tree_chooser(model, medusa_choices, tree_policy):
+    """``batch_size -> TreeBuffers``: the fixed tree, else the policy's, else the default preset."""
+    policy = tree_policy or getattr(model, "tree_policy", None)
+    if medusa_choices is not None or policy is None:
+        return lambda batch_size: model.tree_buffers(medusa_choices)
+    return lambda batch_size: model.tree_buffers(policy.choices(batch_size))
 
 
-def _decode(model, buffers: TreeBuffers, cache: MedusaKVCache, graphs: dict, prompt: torch.Tensor, budget: int,
-            max_steps: int, eos: set[int], cuda_graph: bool, **decoding) -> Iterator[dict]:
-    """Prefill, then steps; see :func:`medusa_generate` for what is yielded."""
-    device, prompt_len = prompt.device, prompt.shape[0]
-    causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).tril()
-    hidden = _forward(model, prompt, causal, torch.arange(prompt_len, device=device), cache)[-1]
-    cache.commit(prompt_len)
-    root = choose_root(model.lm_logits(hidden), decoding["temperature"], decoding["top_k"], decoding["top_p"],
-                       decoding["generator"])
-    head_logits = model.head_logits(hidden)
-
-    step = partial(tree_step, model, buffers, cache, **decoding)
-    if cuda_graph:
-        if buffers.key not in graphs:
-            graphs[buffers.key] = GraphedStep(step, (root, head_logits), cache)
-        step = graphs[buffers.key]
-
-    tokenizer = model.tokenizer
+def _single(tokenizer, decoder: Iterator[list[dict]]) -> Iterator[dict]:
+    """One prompt's stream with its text decoded incrementally."""
     generated: list[int] = []
     text = ""
-    for _ in range(max_steps):
-        cache.check_capacity(buffers.num_nodes)
-        tokens, accept_length, root, head_logits = step(root, head_logits)
-        accept_length, *tokens = torch.cat([accept_length.reshape(1), tokens]).tolist()  # the step's one host sync
-        cache.host_length += accept_length + 1
-
-        new_ids = tokens[: accept_length + 1]
-        stop = False
-        for i, token in enumerate(new_ids):
-            if token in eos:
-                new_ids, stop = new_ids[: i + 1], True
-                break
-        if len(generated) + len(new_ids) >= budget:
-            new_ids, stop = new_ids[: budget - len(generated)], True
-        generated += new_ids
+    for (row,) in decoder:
+        generated += row["new_token_ids"]
         new_text = None
         if tokenizer is not None:
             full = tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            new_text = full[len(text) :] if full.startswith(text) else full
+            new_text = full[len(text):] if full.startswith(text) else full
             text = full
-        yield {
-            "text": text if tokenizer is not None else None,
-            "new_text": new_text,
-            "new_token_ids": new_ids,
-            "accept_length": accept_length,
-            "num_new_tokens": len(generated),
-        }
-        if stop:
-            return
+        yield {"text": text if tokenizer is not None else None, "new_text": new_text,
+               "new_token_ids": row["new_token_ids"], "accept_length": row["accept_length"],
+               "num_new_tokens": row["num_new_tokens"]}
+
+
+def _bucket(num_active: int) -> int:
+    """Batch size to run ``num_active`` rows at: the next power of two, so few CUDA graphs are captured."""
+    return 1 << (num_active - 1).bit_length()
+
+
+def _decode(model, trees, prompts: list[torch.Tensor], capacity: int, budget: int, max_steps: int, eos: set[int],
+            cuda_graph: bool, **decoding) -> Iterator[list[dict]]:
+    """Prefill all prompts in one right-padded forward, then batched steps; see :func:`medusa_generate`."""
+    device, batch = prompts[0].device, len(prompts)
+    prompt_lens = torch.tensor([p.shape[0] for p in prompts], device=device)
+    padded = torch.nn.utils.rnn.pad_sequence(prompts, batch_first=True)  # [batch, longest]
+    with ExitStack() as stack:
+        cache, graphs = stack.enter_context(model.decode_cache(capacity, batch))
+        # Causal attention never lets a real token see the padding after it; the padding's own
+        # entries are overwritten by the first step.
+        causal = torch.ones(padded.shape[1], padded.shape[1], dtype=torch.bool, device=device).tril()
+        positions = torch.arange(padded.shape[1], device=device).expand(batch, -1)
+        hidden = _per_row(_forward(model, padded, causal, positions, cache), prompt_lens - 1)  # [batch, d]
+        cache.commit(prompt_lens)
+        root = choose_root(model.lm_logits(hidden), decoding["temperature"], decoding["top_k"], decoding["top_p"],
+                           decoding["generator"])
+        head_logits = model.head_logits(hidden).transpose(0, 1)
+
+        rows = list(range(batch))  # the prompt each cache row decodes; finished rows stay until dropped
+        lengths = [p.shape[0] for p in prompts]
+        outputs: list[list[int]] = [[] for _ in prompts]
+        finished = [False] * batch
+        active = torch.ones(batch, dtype=torch.bool, device=device)
+        for _ in range(max_steps):
+            buffers = trees(cache.batch_size)
+            step = partial(tree_step, model, buffers, cache, **decoding)
+            if cuda_graph:
+                if buffers.key not in graphs:
+                    graphs[buffers.key] = GraphedStep(step, (root, head_logits, active), cache)
+                step = graphs[buffers.key]
+            cache.check_capacity(buffers.num_nodes)
+            tokens, accept_length, root, head_logits = step(root, head_logits, active)
+            host = torch.cat([accept_length[:, None], tokens], dim=1).tolist()  # the step's one host sync
+
+            report = [{"new_token_ids": [], "accept_length": None, "num_new_tokens": len(o), "finished": f}
+                      for o, f in zip(outputs, finished)]
+            for r, (accepted, *path) in enumerate(host):
+                i = rows[r]
+                if finished[i]:
+                    continue
+                lengths[i] += accepted + 1
+                new_ids = path[: accepted + 1]
+                for j, token in enumerate(new_ids):
+                    if token in eos:
+                        new_ids, finished[i] = new_ids[: j + 1], True
+                        break
+                if len(outputs[i]) + len(new_ids) >= budget:
+                    new_ids, finished[i] = new_ids[: budget - len(outputs[i])], True
+                outputs[i] += new_ids
+                report[i] = {"new_token_ids": new_ids, "accept_length": accepted, "num_new_tokens": len(outputs[i]),
+                             "finished": finished[i]}
+            yield report
+            live = [r for r, i in enumerate(rows) if not finished[i]]
+            if not live:
+                return
+            cache.host_length = max(lengths[rows[r]] for r in live)
+            if len(live) < cache.batch_size:
+                keep = live + [r for r in range(cache.batch_size) if r not in live][: _bucket(len(live)) - len(live)]
+                if len(keep) < cache.batch_size:  # drop finished rows: copy the rest into a smaller cache
+                    index = torch.tensor(keep, device=device)
+                    smaller, graphs = stack.enter_context(model.decode_cache(capacity, len(keep)))
+                    cache.copy_rows_to(smaller, index)
+                    cache, root, head_logits = smaller, root[index], head_logits[index]
+                    rows = [rows[r] for r in keep]
+                active = torch.tensor([not finished[i] for i in rows], device=device)

@@ -1,10 +1,10 @@
 """A pre-allocated KV cache owned by the library, handed to stock HF models as a ``Cache``.
 
-One buffer pair per layer, ``[batch, kv_heads, capacity, head_dim]``. A forward over ``q`` new tokens
-writes them at slots ``[length, length + q)`` and attends over the whole buffer; the 4D mask
-(:mod:`medusa.model.masks`) hides slots that hold nothing valid. After a tree step,
-:meth:`MedusaKVCache.accept` moves the accepted path's entries to the front of the free region in
-place. The buffers never change shape, which keeps every step's shapes static.
+One buffer pair per layer, ``[batch, kv_heads, capacity, head_dim]``, and one committed length per
+row. A forward over ``q`` new tokens writes row b's at slots ``[length[b], length[b] + q)`` and
+attends over the whole buffer; the 4D mask (:mod:`medusa.model.masks`) hides slots that hold nothing
+valid. After a tree step, :meth:`MedusaKVCache.accept` moves each row's accepted path to the front of
+its free region in place. The buffers never change shape, which keeps every step's shapes static.
 """
 
 import torch
@@ -42,10 +42,10 @@ class _StaticKVLayer(CacheLayerMixin):
 class MedusaKVCache(Cache):
     """Static KV cache with a committed length and in-place compaction of accepted tree nodes.
 
-    The write offset ``length`` is a 0-d device tensor, so a whole decode step (writes, mask,
-    compaction) runs without reading it on the host and can be captured in a CUDA graph.
-    ``host_length`` mirrors it on the host for capacity checks; the decode loop advances it once per
-    step when it reads the accepted tokens back.
+    The write offsets ``length`` ``[batch]`` live on the device, so a whole decode step (writes, mask,
+    compaction) runs without reading them on the host and can be captured in a CUDA graph.
+    ``host_length`` is the longest row's length, kept on the host for capacity checks; the decode
+    loop updates it once per step when it reads the accepted tokens back.
 
     Args:
         num_layers, num_kv_heads, head_dim: of the base model's attention layers.
@@ -62,7 +62,7 @@ class MedusaKVCache(Cache):
         ]
         super().__init__(layers=layers)
         self.capacity = capacity
-        self.length = torch.zeros((), dtype=torch.long, device=device)
+        self.length = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.host_length = 0
         self.in_use = False
         self._slots = torch.arange(capacity, device=device)
@@ -75,6 +75,10 @@ class MedusaKVCache(Cache):
         num_kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         weight = model.get_output_embeddings().weight
         return cls(config.num_hidden_layers, num_kv_heads, head_dim, capacity, batch_size, weight.dtype, weight.device)
+
+    @property
+    def batch_size(self) -> int:
+        return self.length.shape[0]
 
     def reset(self) -> None:
         """Forget every entry (the buffers keep their contents; the mask hides them)."""
@@ -93,40 +97,56 @@ class MedusaKVCache(Cache):
                 "Allocate a larger cache (prompt + max_new_tokens + tree size)."
             )
 
+    def _slot_index(self, offsets: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Per-row slots ``length[b] + offsets[b, i]`` expanded to ``like`` ``[batch, kv_heads, q, head_dim]``."""
+        index = self.length[:, None] + offsets
+        return index[:, None, :, None].expand(like.shape)
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        """Write ``key/value_states`` ``[batch, kv_heads, q, head_dim]`` at slots ``[length, length+q)``.
+        """Write row b of ``key/value_states`` ``[batch, kv_heads, q, head_dim]`` at slots ``[length[b], length[b]+q)``.
 
         Returns the whole buffers ``[batch, kv_heads, capacity, head_dim]``; the attention mask decides
         which slots count.
         """
-        index = self.length + self._slots[: key_states.shape[-2]]
+        index = self._slot_index(self._slots[: key_states.shape[-2]].expand(self.batch_size, -1), key_states)
         layer = self.layers[layer_idx]
-        layer.keys.index_copy_(2, index, key_states)
-        layer.values.index_copy_(2, index, value_states)
+        layer.keys.scatter_(2, index, key_states)
+        layer.values.scatter_(2, index, value_states)
         return layer.keys, layer.values
 
-    def commit(self, num_tokens: int) -> None:
-        """Count the ``num_tokens`` entries just written after ``length`` as part of the sequence."""
-        self.check_capacity(num_tokens)
+    def commit(self, num_tokens: torch.Tensor | int) -> None:
+        """Count the ``num_tokens`` (int, or ``[batch]`` on the device) entries just written as part of each row."""
+        num_tokens = torch.as_tensor(num_tokens, device=self.length.device).expand(self.batch_size)
+        longest = int((self.length + num_tokens).max())
+        self.check_capacity(longest - self.host_length)
         self.length += num_tokens
-        self.host_length += num_tokens
+        self.host_length = longest
 
     def accept(self, node_indices: torch.Tensor, num_accepted: torch.Tensor) -> None:
-        """Keep the accepted path of the tree just written after ``length`` (device side only).
+        """Keep each row's accepted path of the tree just written after its ``length`` (device side only).
 
         Args:
-            node_indices: ``[depth + 1]`` tree node indices of one root-to-leaf path (padding may
-                be any valid index); entry i moves to slot ``length + i``.
-            num_accepted: 0-d tensor, how many leading entries of the path were accepted; ``length``
-                grows by it. The caller advances ``host_length`` once it has read the count.
+            node_indices: ``[batch, depth + 1]`` tree node indices of one root-to-leaf path per row
+                (padding may be any valid index); entry i moves to slot ``length[b] + i``.
+            num_accepted: ``[batch]`` how many leading entries of each path were accepted; ``length``
+                grows by it. The caller updates ``host_length`` once it has read the counts.
         """
-        src = self.length + node_indices
-        dst = self.length + self._slots[: node_indices.shape[0]]
+        dst_offsets = self._slots[: node_indices.shape[1]].expand(self.batch_size, -1)
         for layer in self.layers:
-            # index_select copies first, so overlapping src/dst is safe.
-            layer.keys.index_copy_(2, dst, layer.keys.index_select(2, src))
-            layer.values.index_copy_(2, dst, layer.values.index_select(2, src))
+            src = self._slot_index(node_indices, layer.keys[:, :, : node_indices.shape[1]])
+            dst = self._slot_index(dst_offsets, src)
+            # gather copies first, so overlapping src/dst is safe.
+            layer.keys.scatter_(2, dst, layer.keys.gather(2, src))
+            layer.values.scatter_(2, dst, layer.values.gather(2, src))
         self.length += num_accepted
+
+    def copy_rows_to(self, target: "MedusaKVCache", rows: torch.Tensor) -> None:
+        """Copy ``rows`` ``[target.batch_size]`` of this cache into ``target`` (to drop finished sequences)."""
+        for layer, target_layer in zip(self.layers, target.layers):
+            target_layer.keys.copy_(layer.keys.index_select(0, rows))
+            target_layer.values.copy_(layer.values.index_select(0, rows))
+        target.length.copy_(self.length.index_select(0, rows))
+        target.host_length = self.host_length
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.host_length

@@ -8,38 +8,40 @@ Because the mask replaces the model's own masking, sliding-window layers get the
 import torch
 
 
-def attention_mask(cache_length: torch.Tensor | int, new_mask: torch.Tensor, positions: torch.Tensor, capacity: int,
+def attention_mask(cache_length: torch.Tensor, new_mask: torch.Tensor, positions: torch.Tensor, capacity: int,
                    dtype: torch.dtype, sliding_window: int | None = None) -> torch.Tensor:
-    """Mask for ``q`` new tokens written at cache slots ``[cache_length, cache_length + q)``.
+    """Mask for ``q`` new tokens per row, row b's written at cache slots ``[cache_length[b], cache_length[b] + q)``.
 
-    Built with tensor ops only (``cache_length`` may be a device tensor), so it can be captured in a
-    CUDA graph.
+    Built with tensor ops only (``cache_length`` is a device tensor), so it can be captured in a CUDA
+    graph.
 
     Args:
-        cache_length: committed tokens; slot j < cache_length holds the token at position j.
+        cache_length: ``[batch]`` committed tokens; slot j < cache_length[b] holds row b's token at
+            position j.
         new_mask: ``[q, q]`` bool, which new tokens each new token sees (causal for a prompt,
-            ancestors for a tree).
-        positions: ``[q]`` position ids of the new tokens.
+            ancestors for a tree); the same for every row.
+        positions: ``[batch, q]`` position ids of the new tokens.
         capacity: width of the cache buffers.
         sliding_window: if set, a query at position p only sees keys at positions > p - window.
 
     Returns:
-        ``[1, 1, q, capacity]`` in ``dtype``.
+        ``[batch, 1, q, capacity]`` in ``dtype``.
     """
     q = new_mask.shape[0]
     slots = torch.arange(capacity, device=new_mask.device)
-    offset = slots - cache_length  # [capacity]; >= 0 for the new tokens' slots
+    offset = slots[None, :] - cache_length[:, None]  # [batch, capacity]; >= 0 for the new tokens' slots
     new_index = offset.clamp(0, q - 1)
-    allowed = (offset < 0)[None, :] | (new_mask[:, new_index] & (offset < q)[None, :])
+    sees_new = new_mask[:, new_index].transpose(0, 1)  # [batch, q, capacity]
+    allowed = (offset < 0)[:, None, :] | (sees_new & (offset < q)[:, None, :])
     if sliding_window is not None:
-        key_positions = torch.where(offset < 0, slots, positions[new_index])
-        allowed &= key_positions[None, :] > positions[:, None] - sliding_window
-    mask = torch.zeros(q, capacity, dtype=dtype, device=new_mask.device)
+        key_positions = torch.where(offset < 0, slots[None, :], positions.gather(1, new_index))
+        allowed &= key_positions[:, None, :] > positions[:, :, None] - sliding_window
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=new_mask.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[None, None]
+    return mask[:, None]
 
 
-def model_attention_mask(config, cache_length: int, new_mask: torch.Tensor, positions: torch.Tensor,
+def model_attention_mask(config, cache_length: torch.Tensor, new_mask: torch.Tensor, positions: torch.Tensor,
                          capacity: int, dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
     """The mask in the form the model's config asks for.
 

@@ -48,8 +48,9 @@ class MedusaModel(nn.Module):
         self._cache_kwarg = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
         self._softcap = getattr(text_config, "final_logit_softcapping", None)
         self._trees: dict[tuple, TreeBuffers] = {}
-        self._decode_cache: MedusaKVCache | None = None
-        self._graphs: dict[tuple, object] = {}
+        self._decode_caches: dict[int, MedusaKVCache] = {}
+        self._graphs: dict[int, dict[tuple, object]] = {}
+        self.tree_policy = None
 
     # ----------------------------------------------------------------------------- loading / saving
     @classmethod
@@ -146,31 +147,48 @@ class MedusaModel(nn.Module):
         return self._trees[key]
 
     @contextmanager
-    def decode_cache(self, capacity: int):
-        """A zero-length KV cache of at least ``capacity`` slots and the CUDA graphs captured on it.
+    def decode_cache(self, capacity: int, batch_size: int = 1):
+        """A zero-length KV cache of ``batch_size`` rows and at least ``capacity`` slots, and the CUDA graphs captured on it.
 
-        Reused across calls (capacity rounded up to a multiple of 256, so graphs are captured once
-        for many prompts); a call made while another generation holds it gets a private cache.
+        Kept for reuse, one per batch size (capacity rounded up to a multiple of 256 and shared by
+        all, so graphs are captured once for many prompts and rows can move between batch sizes); a
+        call made while another generation holds that cache gets a private one.
         """
-        if self._decode_cache is not None and self._decode_cache.in_use:
-            cache = MedusaKVCache.for_model(self.base_model, capacity)
+        pooled = list(self._decode_caches.values())
+        if pooled and pooled[0].capacity < capacity:  # a longer call: every batch size moves to a larger capacity
+            self._decode_caches, self._graphs = {}, {}
+        capacity = max([-(-capacity // 256) * 256] + [c.capacity for c in self._decode_caches.values()])
+        cache = self._decode_caches.get(batch_size)
+        if cache is not None and cache.in_use:
+            cache = MedusaKVCache.for_model(self.base_model, capacity, batch_size)
             cache.in_use = True
             yield cache, {}
             return
-        if self._decode_cache is None or self._decode_cache.capacity < capacity:
-            self._decode_cache = MedusaKVCache.for_model(self.base_model, -(-capacity // 256) * 256)
-            self._graphs = {}
-        cache = self._decode_cache
+        if cache is None:
+            cache = self._decode_caches[batch_size] = MedusaKVCache.for_model(self.base_model, capacity, batch_size)
+            self._graphs[batch_size] = {}
         cache.reset()
         cache.in_use = True
         try:
-            yield cache, self._graphs
+            yield cache, self._graphs[batch_size]
         finally:
             cache.in_use = False
 
     def medusa_generate(self, input_ids: torch.Tensor, **kwargs):
         """Streaming Medusa generation; see :func:`medusa.model.generate.medusa_generate`."""
         return medusa_generate(self, input_ids, **kwargs)
+
+    def generate(self, prompts, **kwargs) -> list[list[int]]:
+        """Decode a batch without streaming: the new token ids of each prompt (a list of 1-D id sequences or ``[batch, len]``).
+
+        Takes :func:`~medusa.model.generate.medusa_generate`'s keyword arguments.
+        """
+        prompts = [prompts[0]] if isinstance(prompts, torch.Tensor) and prompts.shape[0] == 1 else prompts
+        outputs = [[] for _ in prompts]
+        for rows in medusa_generate(self, list(prompts), **kwargs):
+            for output, row in zip(outputs, rows):
+                output += row["new_token_ids"]
+        return outputs
 
     def greedy_generate(self, input_ids: torch.Tensor, **kwargs):
         """Plain greedy decoding, one token per step, on the same cache and graph machinery (the baseline)."""

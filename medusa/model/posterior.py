@@ -1,9 +1,9 @@
 """Posterior evaluation: which tree path to accept, and how much of it (DESIGN.md §4).
 
-Greedy and typical acceptance take the base logits gathered along the tree's paths, ``logits[p, i]``
-being the base model's prediction after token i of path p, and return ``(best_path, accept_length)``
-as 0-d long tensors: path ``best_path`` is accepted up to and including its ``accept_length``-th
-non-root token. Lossless sampling walks the tree node by node and also returns the next root
+Greedy and typical acceptance take the base predictions (argmax, or logits) gathered along the tree's
+paths, entry ``[..., p, i]`` being the base model's after token i of path p (leading dims: the batch), and return
+``(best_path, accept_length)`` as long tensors of the leading shape: path ``best_path`` is accepted
+up to and including its ``accept_length``-th non-root token. Lossless sampling walks the tree node by node and also returns the next root
 (docs/sampling.md).
 """
 
@@ -14,19 +14,20 @@ from .tree import TreeBuffers
 
 
 def _accepted_prefix(accept: torch.Tensor) -> torch.Tensor:
-    """``[paths, depth]`` bool -> ``[paths, depth]`` long, 1 while every token so far was accepted."""
-    return torch.cumprod(accept.long(), dim=1)
+    """``[..., paths, depth]`` bool -> long, 1 while every token so far on the path was accepted."""
+    return torch.cumprod(accept.long(), dim=-1)
 
 
-def evaluate_posterior_greedy(logits: torch.Tensor, candidates: torch.Tensor, path_valid: torch.Tensor):
-    """Accept a token while it equals the argmax of the base logits before it.
+def evaluate_posterior_greedy(predictions: torch.Tensor, candidates: torch.Tensor, path_valid: torch.Tensor):
+    """Accept a token while it equals the base model's greedy prediction before it.
 
     Args:
-        logits: ``[paths, depth + 1, V]``; candidates, path_valid: ``[paths, depth + 1]``.
+        predictions: ``[..., paths, depth + 1]`` argmax of the base logits along each path;
+        candidates: ``[..., paths, depth + 1]``; path_valid: ``[paths, depth + 1]``.
     """
-    accept = (candidates[:, 1:] == logits[:, :-1].argmax(-1)) & path_valid[:, 1:]
-    lengths = _accepted_prefix(accept).sum(1)
-    return lengths.argmax(), lengths.max()
+    accept = (candidates[..., 1:] == predictions[..., :-1]) & path_valid[:, 1:]
+    lengths = _accepted_prefix(accept).sum(-1)
+    return lengths.argmax(-1), lengths.amax(-1)
 
 
 def typical_threshold(probs: torch.Tensor, posterior_threshold: float, posterior_alpha: float) -> torch.Tensor:
@@ -43,15 +44,15 @@ def evaluate_posterior_typical(logits: torch.Tensor, candidates: torch.Tensor, p
     p is the base distribution (:func:`~medusa.model.sampling.sampling_probs`). Among the longest
     accepted paths the one with the largest summed log-probability of its accepted tokens wins.
     """
-    probs = sampling_probs(logits[:, :-1], temperature, top_k, top_p)
-    cand_probs = probs.gather(-1, candidates[:, 1:, None]).squeeze(-1)
+    probs = sampling_probs(logits[..., :-1, :], temperature, top_k, top_p)
+    cand_probs = probs.gather(-1, candidates[..., 1:, None]).squeeze(-1)
     accept = (cand_probs > typical_threshold(probs, posterior_threshold, posterior_alpha)) & path_valid[:, 1:]
     prefix = _accepted_prefix(accept)
-    lengths = prefix.sum(1)
-    log_likelihood = (torch.log(cand_probs.clamp_min(torch.finfo(cand_probs.dtype).tiny)) * prefix).sum(1)
-    score = torch.where(lengths == lengths.max(), log_likelihood, torch.full_like(log_likelihood, -torch.inf))
-    best = score.argmax()
-    return best, lengths.max()
+    lengths = prefix.sum(-1)
+    log_likelihood = (torch.log(cand_probs.clamp_min(torch.finfo(cand_probs.dtype).tiny)) * prefix).sum(-1)
+    longest = lengths.amax(-1, keepdim=True)
+    score = torch.where(lengths == longest, log_likelihood, torch.full_like(log_likelihood, -torch.inf))
+    return score.argmax(-1), longest[..., 0]
 
 
 def rejection_chain(probs: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,12 +91,12 @@ def evaluate_posterior_lossless(tree_logits: torch.Tensor, tree_candidates: torc
     prefix is distributed as p at that prefix, so the output is exact ancestral sampling.
 
     Args:
-        tree_logits: ``[T, V]`` base logits at the tree's nodes; tree_candidates: ``[T]`` their tokens.
+        tree_logits: ``[T, V]`` base logits at one row's tree nodes; tree_candidates: ``[T]`` their tokens.
         generator: all randomness (on the logits' device).
 
     Returns:
-        ``(best_path, accept_length, next_root)``: a row of ``buffers.retrieve_indices`` through the
-        last accepted node, the accepted depth, and the bonus token ``[1]``.
+        ``(best_path, accept_length, next_root)``, 0-d each: a row of ``buffers.retrieve_indices``
+        through the last accepted node, the accepted depth, and the bonus token.
     """
     node, depth = 0, 0
     while True:
@@ -111,4 +112,4 @@ def evaluate_posterior_lossless(tree_logits: torch.Tensor, tree_candidates: torc
             break
         node, depth = children[hits[0]], depth + 1
     best = torch.tensor(buffers.path_row[node], device=tree_logits.device)
-    return best, torch.tensor(depth, device=tree_logits.device), torch.multinomial(residual, 1, generator=generator)
+    return best, torch.tensor(depth, device=tree_logits.device), torch.multinomial(residual, 1, generator=generator)[0]

@@ -55,7 +55,7 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top
 
 def choose_root(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """The next token from base logits ``[V]``: argmax at temperature 0, else a sample. Returns ``[1]``."""
+    """The next token of each row from base logits ``[batch, V]``: argmax at temperature 0, else a sample. Returns ``[batch]``."""
     if temperature == 0:
-        return logits.argmax(-1, keepdim=True)
-    return torch.multinomial(sampling_probs(logits, temperature, top_k, top_p), 1, generator=generator)
+        return logits.argmax(-1)
+    return torch.multinomial(sampling_probs(logits, temperature, top_k, top_p), 1, generator=generator)[:, 0]
