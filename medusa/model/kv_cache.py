@@ -55,12 +55,10 @@ class MedusaKVCache(Cache):
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
                  batch_size: int = 1, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        shape = (batch_size, num_kv_heads, capacity, head_dim)
-        layers = [
-            _StaticKVLayer(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-            for _ in range(num_layers)
-        ]
-        super().__init__(layers=layers)
+        # One tensor for all layers' keys and values: compaction after a step is then one gather and
+        # one scatter, not four kernels per layer (launches dominate a small model's step).
+        self.buffer = torch.zeros(num_layers, 2, batch_size, num_kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        super().__init__(layers=[_StaticKVLayer(kv[0], kv[1]) for kv in self.buffer])
         self.capacity = capacity
         self.length = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.host_length = 0
@@ -97,10 +95,10 @@ class MedusaKVCache(Cache):
                 "Allocate a larger cache (prompt + max_new_tokens + tree size)."
             )
 
-    def _slot_index(self, offsets: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Per-row slots ``length[b] + offsets[b, i]`` expanded to ``like`` ``[batch, kv_heads, q, head_dim]``."""
+    def _slot_index(self, offsets: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Per-row slots ``length[b] + offsets[b, i]`` expanded to ``shape`` ``[..., batch, kv_heads, q, head_dim]``."""
         index = self.length[:, None] + offsets
-        return index[:, None, :, None].expand(like.shape)
+        return index[:, None, :, None].expand(shape)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Write row b of ``key/value_states`` ``[batch, kv_heads, q, head_dim]`` at slots ``[length[b], length[b]+q)``.
@@ -108,7 +106,7 @@ class MedusaKVCache(Cache):
         Returns the whole buffers ``[batch, kv_heads, capacity, head_dim]``; the attention mask decides
         which slots count.
         """
-        index = self._slot_index(self._slots[: key_states.shape[-2]].expand(self.batch_size, -1), key_states)
+        index = self._slot_index(self._slots[: key_states.shape[-2]].expand(self.batch_size, -1), key_states.shape)
         layer = self.layers[layer_idx]
         layer.keys.scatter_(2, index, key_states)
         layer.values.scatter_(2, index, value_states)
@@ -131,20 +129,16 @@ class MedusaKVCache(Cache):
             num_accepted: ``[batch]`` how many leading entries of each path were accepted; ``length``
                 grows by it. The caller updates ``host_length`` once it has read the counts.
         """
-        dst_offsets = self._slots[: node_indices.shape[1]].expand(self.batch_size, -1)
-        for layer in self.layers:
-            src = self._slot_index(node_indices, layer.keys[:, :, : node_indices.shape[1]])
-            dst = self._slot_index(dst_offsets, src)
-            # gather copies first, so overlapping src/dst is safe.
-            layer.keys.scatter_(2, dst, layer.keys.gather(2, src))
-            layer.values.scatter_(2, dst, layer.values.gather(2, src))
+        shape = self.buffer[..., : node_indices.shape[1], :].shape
+        src = self._slot_index(node_indices, shape)
+        dst = self._slot_index(self._slots[: node_indices.shape[1]].expand(self.batch_size, -1), shape)
+        # gather copies first, so overlapping src/dst is safe.
+        self.buffer.scatter_(4, dst, self.buffer.gather(4, src))
         self.length += num_accepted
 
     def copy_rows_to(self, target: "MedusaKVCache", rows: torch.Tensor) -> None:
         """Copy ``rows`` ``[target.batch_size]`` of this cache into ``target`` (to drop finished sequences)."""
-        for layer, target_layer in zip(self.layers, target.layers):
-            target_layer.keys.copy_(layer.keys.index_select(0, rows))
-            target_layer.values.copy_(layer.values.index_select(0, rows))
+        target.buffer.copy_(self.buffer.index_select(2, rows))
         target.length.copy_(self.length.index_select(0, rows))
         target.host_length = self.host_length
 
