@@ -10,39 +10,42 @@ import torch
 
 
 class LocalBackend:
-    """Batched ``model.generate`` on a local Hugging Face model (CPU or GPU)."""
+    """The library's own batched decoding (static KV cache, CUDA graphs on GPU) on a local HF model.
+
+    Greedy at temperature 0, else plain ancestral sampling: a :class:`~medusa.model.MedusaModel` with
+    no speculation (``medusa_choices="none"``), so every row is exactly the base model's own output.
+    Finished rows leave the batch as they end.
+    """
 
     def __init__(self, model_path: str, temperature: float, max_new_tokens: int, device: str | None = None,
-                 dtype: str = "auto"):
+                 dtype: str = "auto", seed: int = 0):
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from medusa.model import MedusaConfig, MedusaModel
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype == "auto":
             dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         if self.tokenizer.chat_template is None:
             raise SystemExit(f"{model_path}: the tokenizer has no chat template; use a chat model.")
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
-        self.model.to(self.device).eval()
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(self.device).eval()
+        self.model = MedusaModel(base, MedusaConfig(medusa_num_heads=1))
+        self.context = getattr(base.config.get_text_config(), "max_position_embeddings", None) or 2**31
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
+        self.generator = torch.Generator(self.device).manual_seed(seed)
 
-    @torch.inference_mode()
     def answer(self, conversations: list[list[dict]]) -> list[tuple[str, int]]:
-        texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-                 for c in conversations]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        sampling = {"do_sample": True, "temperature": self.temperature, "top_p": 1.0, "top_k": 0} \
-            if self.temperature > 0 else {"do_sample": False}
-        out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                                  eos_token_id=self.tokenizer.eos_token_id, **sampling)
-        new = out[:, enc["input_ids"].shape[1]:]
-        replies = []
-        for row in new.tolist():
-            n = row.index(self.tokenizer.eos_token_id) + 1 if self.tokenizer.eos_token_id in row else len(row)
-            replies.append((self.tokenizer.decode(row[:n], skip_special_tokens=True), n))
-        return replies
+        prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=True)["input_ids"]
+                   for c in conversations]
+        longest = max(len(p) for p in prompts)
+        room = self.context - longest - 1  # one slot for the root token of the last step
+        if room < 1:
+            raise RuntimeError(f"A conversation of {longest} tokens leaves no room in the model's context of "
+                               f"{self.context} tokens.")
+        outputs = self.model.generate(prompts, temperature=self.temperature, max_new_tokens=min(self.max_new_tokens, room),
+                                      medusa_choices="none", generator=self.generator)
+        return [(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids)) for ids in outputs]
 
 
 class OpenAIBackend:

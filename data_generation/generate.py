@@ -99,10 +99,17 @@ def opening(system: str | None) -> list[dict]:
 
 
 def run_local(backend: LocalBackend, jobs: list[Job], batch_size: int, system: str | None, writer: Writer) -> None:
-    """Batches of conversations; turn j of every conversation in a batch that has one is answered together."""
-    jobs = sorted(jobs, key=lambda j: len(j.turns[0]))  # similar lengths in a batch: less padding
-    for start in range(0, len(jobs), batch_size):
-        batch = jobs[start:start + batch_size]
+    """Batches of conversations; turn j of every conversation in a batch that has one is answered together.
+
+    Batches are cut from windows of eight batches sorted by prompt length: little padding, and the
+    prompts are still taken in input order, so a run stopped early has a sample of all of them.
+    """
+    window = 8 * batch_size
+    batches = [chunk[start:start + batch_size]
+               for w in range(0, len(jobs), window)
+               for chunk in [sorted(jobs[w:w + window], key=lambda j: len(j.turns[0]))]
+               for start in range(0, len(chunk), batch_size)]
+    for batch in batches:
         conversations, tokens = [opening(system) for _ in batch], [0] * len(batch)
         for turn in range(max(len(j.turns) for j in batch)):
             active = [i for i, j in enumerate(batch) if turn < len(j.turns)]
@@ -147,13 +154,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy.")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="Per assistant turn.")
     p.add_argument("--samples", type=int, default=1, help="Answers per prompt (use temperature > 0).")
-    p.add_argument("--batch-size", type=int, default=16, help="Local back end: conversations per generate call.")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="Local back end: conversations decoded together (on a GPU, 64-256 keeps it busy).")
     p.add_argument("--concurrency", type=int, default=32, help="Server back end: requests in flight.")
     p.add_argument("--system", help="System message put before every conversation.")
     p.add_argument("--limit", type=int, help="Only the first N prompts.")
     p.add_argument("--device", help="Local back end: cuda, cpu, ... (default: cuda if available).")
     p.add_argument("--dtype", default="auto", help="Local back end: auto (bf16 on GPU, fp32 on CPU), float16, ...")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="Local back end: seed of the sampling generator.")
     return p.parse_args(argv)
 
 
@@ -170,11 +178,8 @@ def main(argv=None) -> int:
         backend = OpenAIBackend(args.url, args.model, args.temperature, args.max_new_tokens, args.concurrency,
                                 args.api_key)
     else:
-        import torch
-
-        torch.manual_seed(args.seed)
         try:
-            backend = LocalBackend(args.model, args.temperature, args.max_new_tokens, args.device, args.dtype)
+            backend = LocalBackend(args.model, args.temperature, args.max_new_tokens, args.device, args.dtype, args.seed)
         except OSError as e:
             raise SystemExit(f"Cannot load {args.model!r}: {str(e).splitlines()[0]}") from None
     writer = Writer(args.output, len(jobs))

@@ -123,3 +123,19 @@ def test_openai_compatible_backend_replays_turns_with_bounded_concurrency(server
     assert second["messages"][1]["content"] == "echo q5 #1"
     assert generate(["--input", str(tmp_path / "share.json"), "--output", str(output), "--url", server,
                      "--model", "m"]) == 0 and len(read_lines(output)) == 12  # resumed: nothing to do
+
+
+def test_local_backend_answers_are_the_base_models_own_greedy_replies(tiny):
+    root, base, _ = tiny
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    backend = backends.LocalBackend(base, 0.0, 12, device="cpu")
+    tokenizer, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base)
+    conversations = [[{"role": "user", "content": text}] for text in ("hello there", "a much longer question " * 6, "x")]
+    conversations[1] += [{"role": "assistant", "content": "fine"}, {"role": "user", "content": "and then?"}]
+    for conversation, (reply, n) in zip(conversations, backend.answer(conversations)):
+        ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"]
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id or 0)[0, ids.shape[1]:]
+        assert n == out.shape[0] and reply == tokenizer.decode(out, skip_special_tokens=True)
