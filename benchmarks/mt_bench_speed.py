@@ -50,10 +50,12 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--trees", nargs="+", default=[None], help="trees to run Medusa with (default: the default tree)")
     parser.add_argument("--hf-limit", type=int, default=10, help="questions also run with HF generate() (it is slow)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                        help="float32 shows whether bf16 rounding alone makes outputs differ")
     parser.add_argument("--output")
     args = parser.parse_args()
 
-    model = MedusaModel.from_pretrained(args.model, base_model=args.base_model, dtype=torch.bfloat16).cuda().eval()
+    model = MedusaModel.from_pretrained(args.model, base_model=args.base_model, dtype=getattr(torch, args.dtype)).cuda().eval()
     tokenizer = model.get_tokenizer()
     questions = load_questions(args.questions, args.limit)
     prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}]).cuda() for q in questions]
@@ -101,7 +103,7 @@ def main() -> None:
     by_category = collections.defaultdict(list)
     for r in rows:
         by_category[r["category"]].append(r)
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "max_new_tokens": n,
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": args.dtype, "max_new_tokens": n,
               "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "overall": summary(rows),
               "categories": {c: summary(rs) for c, rs in sorted(by_category.items())}, "rows": rows}
     for name, s in [("overall", result["overall"])] + list(result["categories"].items()):

@@ -7,6 +7,9 @@
 # lm_head, 3 and 5 heads), eval (head accuracy and simulated tokens/step on MT-bench first turns).
 # Default: all three. Each training run writes WORK_DIR/heads_<type>_<n>/ with training_summary.json;
 # eval writes WORK_DIR/eval_<type>_<n>.json.
+# Environment: CONFIGS (type:heads list), EPOCHS (2), BATCH (per-device batch, 16), DATA_TIMEOUT (seconds
+# of data generation, then stop cleanly and keep what is written; a rerun resumes), COST_CURVE (a
+# benchmarks/verify_cost.py curve: eval also picks the tree size from it).
 set -euo pipefail
 BASE=$1 PROMPTS=$2 WORK=$3 N=${4:-3000}
 shift $(( $# < 4 ? $# : 4 ))
@@ -21,10 +24,15 @@ lines = [line for line in open(sys.argv[1]).read().split("\n") if line]  # not s
 random.Random(0).shuffle(lines)
 open(sys.argv[3], "w").write("\n".join(lines[: int(sys.argv[2])]) + "\n")
 PY
-  python3 data_generation/generate.py --model "$BASE" --input "$WORK/prompts.jsonl" --output "$WORK/distilled.jsonl" \
-      --max-new-tokens 512 --batch-size 256 --dtype bfloat16
-  head -n -200 "$WORK/distilled.jsonl" > "$WORK/train.jsonl"
-  tail -n 200 "$WORK/distilled.jsonl" > "$WORK/eval.jsonl"
+  timeout --preserve-status -s INT "${DATA_TIMEOUT:-0}" python3 data_generation/generate.py --model "$BASE" --input "$WORK/prompts.jsonl" \
+      --output "$WORK/distilled.jsonl" --max-new-tokens 512 --batch-size 128 --dtype bfloat16 || [[ $? == 130 ]]
+  python3 - "$WORK" <<'PY'
+import random, sys
+lines = open(f"{sys.argv[1]}/distilled.jsonl").read().split("\n")[:-1]  # written by prompt length: shuffle first
+random.Random(0).shuffle(lines)
+open(f"{sys.argv[1]}/train.jsonl", "w").write("\n".join(lines[200:]) + "\n")
+open(f"{sys.argv[1]}/eval.jsonl", "w").write("\n".join(lines[:200]) + "\n")
+PY
 fi
 
 for config in ${CONFIGS:-shared_lm_head:3 shared_lm_head:5 own_lm_head:3 own_lm_head:5}; do
@@ -33,7 +41,7 @@ for config in ${CONFIGS:-shared_lm_head:3 shared_lm_head:5 own_lm_head:3 own_lm_
     python3 medusa/train/train_legacy.py --model_name_or_path "$BASE" \
         --data_path "$WORK/train.jsonl" --eval_data_path "$WORK/eval.jsonl" --bf16 True \
         --output_dir "$WORK/heads_${type}_${heads}" --num_train_epochs ${EPOCHS:-2} \
-        --per_device_train_batch_size 16 --per_device_eval_batch_size 16 --gradient_accumulation_steps 1 \
+        --per_device_train_batch_size ${BATCH:-16} --per_device_eval_batch_size ${BATCH:-16} --gradient_accumulation_steps 1 \
         --learning_rate 1e-3 --weight_decay 0.0 --warmup_ratio 0.1 --lr_scheduler_type cosine \
         --logging_steps 50 --save_strategy no --eval_strategy no --model_max_length 1024 \
         --medusa_num_heads "$heads" --medusa_num_layers 1 --medusa_head_type "$type" \
@@ -41,7 +49,7 @@ for config in ${CONFIGS:-shared_lm_head:3 shared_lm_head:5 own_lm_head:3 own_lm_
   fi
   if [[ " $STAGES " == *" eval "* ]]; then
     python3 -m medusa.eval.heads_accuracy --model "$WORK/heads_${type}_${heads}" --base-model "$BASE" \
-        --max-new-tokens 256 --batch-size 80 --build-tree 63 \
+        --max-new-tokens 256 --batch-size 80 --build-tree 63 ${COST_CURVE:+--cost-curve "$COST_CURVE"} \
         --tree-output "$WORK/tree_${type}_${heads}.json" --output "$WORK/eval_${type}_${heads}.json"
   fi
 done

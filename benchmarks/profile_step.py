@@ -1,0 +1,84 @@
+"""Where a decode step's time goes on the GPU: kernel time per step (profiled eager steps) against the graph-replayed step.
+
+For the plain greedy step and the Medusa step: GPU kernel time per step by kind (matmul, attention,
+other), the top kernels, and the wall time of a CUDA-graph step. If the graph step costs about the
+kernel time, the step is GPU-bound and only less arithmetic helps; if more, launch gaps remain.
+
+    python benchmarks/profile_step.py --model medusa/demo_heads --base-model DIR --output profile.txt
+"""
+
+import argparse
+import time
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from medusa.eval.questions import DEFAULT_QUESTIONS, load_questions, render_chat
+from medusa.model import MedusaModel
+
+
+def kind(name: str) -> str:
+    name = name.lower()
+    if any(k in name for k in ("gemm", "gemv", "cutlass", "matmul", "sm90_xmma", "nvjet")):
+        return "matmul"
+    if any(k in name for k in ("flash", "fmha", "attention", "efficient")):
+        return "attention"
+    return "other"
+
+
+def steps(model, prompt, tree, n, cuda_graph, profiler=None):
+    """Seconds per step over ``n`` steps (prefill and the first step, which captures a graph, excluded)."""
+    stream = model.medusa_generate(prompt, max_new_tokens=4096, max_steps=n + 1, medusa_choices=tree,
+                                   cuda_graph=cuda_graph, eos_token_id=[])
+    next(stream)
+    torch.cuda.synchronize()
+    if profiler is not None:
+        profiler.start()
+    start = time.perf_counter()
+    assert sum(1 for _ in stream) == n
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    if profiler is not None:
+        profiler.stop()
+    return seconds / n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--base-model")
+    parser.add_argument("--tree", help="Medusa tree (default: the default preset)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--output")
+    args = parser.parse_args()
+
+    model = MedusaModel.from_pretrained(args.model, base_model=args.base_model, dtype=torch.bfloat16).cuda().eval()
+    question = load_questions(DEFAULT_QUESTIONS, 1)[0]
+    prompt = render_chat(model.get_tokenizer(), [{"role": "user", "content": question["turns"][0]}]).cuda()
+    report = []
+    for name, tree in (("greedy", "none"), ("medusa", args.tree)):
+        graph_ms = 1000 * steps(model, prompt, tree, args.steps, cuda_graph=True)
+        eager_ms = 1000 * steps(model, prompt, tree, args.steps, cuda_graph=False)
+        prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+        steps(model, prompt, tree, args.steps, cuda_graph=False, profiler=prof)
+        kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+        per_step = {}
+        for e in kernels:
+            per_step[kind(e.key)] = per_step.get(kind(e.key), 0.0) + e.self_device_time_total / 1000 / args.steps
+        launches = sum(e.count for e in kernels) / args.steps
+        report.append(f"== {name} step (tree {tree}) ==\n"
+                      f"graph step {graph_ms:.3f} ms, eager step {eager_ms:.3f} ms, GPU kernel time "
+                      f"{sum(per_step.values()):.3f} ms/step in {launches:.0f} kernels: "
+                      + ", ".join(f"{k} {v:.3f} ms" for k, v in sorted(per_step.items())) + "\n"
+                      + "\n".join(f"  {e.self_device_time_total / 1000 / args.steps:7.3f} ms/step  "
+                                  f"x{e.count / args.steps:5.1f}  {e.key[:110]}"
+                                  for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:15]))
+        print(report[-1], flush=True)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write("\n\n".join(report) + "\n")
+
+
+if __name__ == "__main__":
+    main()
