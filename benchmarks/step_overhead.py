@@ -21,13 +21,15 @@ SHAPES = {
                  num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                num_key_value_heads=32, vocab_size=32000),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=320),  # CPU smoke tests
 }
 
 
-def random_medusa(shape: str, num_heads: int, dtype: torch.dtype) -> MedusaModel:
+def random_medusa(shape: str, num_heads: int, dtype: torch.dtype, device: str = "cuda") -> MedusaModel:
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, eos_token_id=None, bos_token_id=None)
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(device):
         default = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
         base = LlamaForCausalLM(config).eval()

@@ -56,7 +56,8 @@ def test_build_tree_refuses_impossible_sizes():
         build_tree([[0.5, 0.2], [0.3, 0.1]], 7)
 
 
-def test_command_line_writes_figures_and_a_loadable_tree(tmp_path):
+def command_line(tmp_path) -> list[str]:
+    """Arguments that run the command line on tiny 4-head heads (saved under ``tmp_path``) and 3 questions."""
     base = tiny_model("qwen2", seed=10)
     base.generation_config.eos_token_id = 2
     tokenizer = tiny_tokenizer()
@@ -68,9 +69,12 @@ def test_command_line_writes_figures_and_a_loadable_tree(tmp_path):
     questions = tmp_path / "q.jsonl"
     questions.write_text("".join(json.dumps({"question_id": i, "category": "x", "turns": [t]}) + "\n"
                                  for i, t in enumerate(["Hello! How are you?", "The quick brown fox", "def add(a, b):"])))
-    main(["--model", str(tmp_path / "heads"), "--questions", str(questions), "--max-new-tokens", "24",
-          "--trees", "mc_sim_7b_63", "[[0], [0, 0]]", "--build-tree", "12", "--tree-output", str(tmp_path / "tree.json"),
-          "--output", str(tmp_path / "out.json"), "--device", "cpu"])
+    return ["--model", str(tmp_path / "heads"), "--questions", str(questions), "--max-new-tokens", "24", "--device", "cpu"]
+
+
+def test_command_line_writes_figures_and_a_loadable_tree(tmp_path):
+    main(command_line(tmp_path) + ["--trees", "mc_sim_7b_63", "[[0], [0, 0]]", "--build-tree", "12",
+                                   "--tree-output", str(tmp_path / "tree.json"), "--output", str(tmp_path / "out.json")])
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["questions"] == 3 and len(result["top1"]) == 4 and result["new_tokens"] > 0
     assert set(result["trees"]) == {"default", "mc_sim_7b_63", "[[0], [0, 0]]", "built_12"}

@@ -8,6 +8,7 @@ lengths of a whole generation follow from these hits alone: trees can be compare
 them.
 
     python -m medusa.eval.heads_accuracy --model HEADS_DIR --max-new-tokens 256 --output acc.json
+    python -m medusa.eval.heads_accuracy --model HEADS_DIR --cost-curve cost.json --tree-output tree.json
 """
 
 import argparse
@@ -16,11 +17,13 @@ import json
 import torch
 from tqdm import tqdm
 
-from medusa.model import MedusaModel, generate_medusa_buffers, resolve_medusa_choices
+from medusa.model import CostCurve, MedusaModel, TreePolicy, generate_medusa_buffers, resolve_medusa_choices
 
 from .answer_cli import main_guard
 from .questions import DEFAULT_QUESTIONS, load_questions, render_chat
 from .tree_builder import build_tree, expected_tokens_per_step
+
+POLICY_BATCH_SIZES = (1, 4, 16, 64)  # reported with --cost-curve
 
 
 @torch.inference_mode()
@@ -107,11 +110,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trees", nargs="*", default=[],
                         help="Trees to simulate besides the default one (preset names, JSON, files).")
     parser.add_argument("--build-tree", type=int, metavar="NODES", help="Also grow a tree of NODES nodes from the accuracies.")
-    parser.add_argument("--tree-output", help="Where to write the grown tree (JSON list of paths).")
+    parser.add_argument("--cost-curve", metavar="FILE",
+                        help="A measured verify-cost curve (benchmarks/verify_cost.py --out): also grow the tree with the "
+                             "best expected speedup at batch size 1 and report the choice at batch sizes "
+                             f"{', '.join(map(str, POLICY_BATCH_SIZES))}.")
+    parser.add_argument("--tree-output", help="Where to write the grown tree (JSON list of paths; with --cost-curve, "
+                                              "the policy's tree for batch size 1).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     parser.add_argument("--output", help="Write all figures as JSON here.")
     args = parser.parse_args(argv)
+    cost = CostCurve.load(args.cost_curve) if args.cost_curve else None  # a malformed file fails before the model work
 
     dtype = {"auto": torch.bfloat16 if args.device.startswith("cuda") else torch.float32}.get(args.dtype) or getattr(torch, args.dtype)
     model = MedusaModel.from_pretrained(args.model, base_model=args.base_model, dtype=dtype).to(args.device).eval()
@@ -127,11 +136,24 @@ def main(argv: list[str] | None = None) -> None:
     num_heads = model.config.medusa_num_heads
     trees = {"default": resolve_medusa_choices(None, num_heads)}
     trees |= {name: resolve_medusa_choices(name, num_heads) for name in args.trees}
+    grown = {}  # name -> tree grown from the accuracies; the last one goes to --tree-output
     if args.build_tree:
-        trees[f"built_{args.build_tree}"] = build_tree(acc, args.build_tree)
-        if args.tree_output:
-            with open(args.tree_output, "w") as f:
-                json.dump(trees[f"built_{args.build_tree}"], f)
+        grown[f"built_{args.build_tree}"] = build_tree(acc, args.build_tree)
+    if cost:
+        policy = TreePolicy(acc, cost)
+        result["policy"] = {}
+        for batch_size in POLICY_BATCH_SIZES:
+            tree, speedup = policy.expected_speedup(batch_size)
+            nodes = 0 if tree == "none" else len(tree)
+            result["policy"][str(batch_size)] = {"nodes": nodes, "expected_speedup": speedup}
+            choice = f"{nodes} nodes" if nodes else "no tree (plain decoding)"
+            print(f"policy at batch size {batch_size}: {choice}, expected speedup {speedup:.3f}x")
+        if policy.choices(1) != "none":
+            grown[f"policy_{len(policy.choices(1))}"] = policy.choices(1)
+    trees |= grown
+    if args.tree_output and grown:
+        with open(args.tree_output, "w") as f:
+            json.dump(list(grown.values())[-1], f)
     for name, tree in trees.items():
         lengths = [a for hits, n in zip(all_hits, prompt_lens) for a in simulate_accept_lengths(hits, n, tree)]
         result["trees"][name] = {"nodes": len(tree), "tokens_per_step": sum(a + 1 for a in lengths) / len(lengths),

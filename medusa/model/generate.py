@@ -207,20 +207,31 @@ def _bucket(num_active: int) -> int:
     return 1 << (num_active - 1).bit_length()
 
 
+def prefill(model, prompts: list[torch.Tensor], cache: MedusaKVCache) -> torch.Tensor:
+    """Run the prompts (1-D, any lengths) into an empty cache of ``len(prompts)`` rows in one right-padded forward.
+
+    Returns the hidden state at each prompt's last token, ``[batch, d]``; the cache then holds each
+    row's prompt (``cache.length`` = the prompt lengths).
+    """
+    device = prompts[0].device
+    prompt_lens = torch.tensor([p.shape[0] for p in prompts], device=device)
+    padded = torch.nn.utils.rnn.pad_sequence(prompts, batch_first=True)  # [batch, longest]
+    # Causal attention never lets a real token see the padding after it; the padding's own
+    # entries are overwritten by the first step.
+    causal = torch.ones(padded.shape[1], padded.shape[1], dtype=torch.bool, device=device).tril()
+    positions = torch.arange(padded.shape[1], device=device).expand(len(prompts), -1)
+    hidden = _per_row(_forward(model, padded, causal, positions, cache), prompt_lens - 1)  # [batch, d]
+    cache.commit(prompt_lens)
+    return hidden
+
+
 def _decode(model, trees, prompts: list[torch.Tensor], capacity: int, budget: int, max_steps: int, eos: set[int],
             cuda_graph: bool, **decoding) -> Iterator[list[dict]]:
     """Prefill all prompts in one right-padded forward, then batched steps; see :func:`medusa_generate`."""
     device, batch = prompts[0].device, len(prompts)
-    prompt_lens = torch.tensor([p.shape[0] for p in prompts], device=device)
-    padded = torch.nn.utils.rnn.pad_sequence(prompts, batch_first=True)  # [batch, longest]
     with ExitStack() as stack:
         cache, graphs = stack.enter_context(model.decode_cache(capacity, batch))
-        # Causal attention never lets a real token see the padding after it; the padding's own
-        # entries are overwritten by the first step.
-        causal = torch.ones(padded.shape[1], padded.shape[1], dtype=torch.bool, device=device).tril()
-        positions = torch.arange(padded.shape[1], device=device).expand(batch, -1)
-        hidden = _per_row(_forward(model, padded, causal, positions, cache), prompt_lens - 1)  # [batch, d]
-        cache.commit(prompt_lens)
+        hidden = prefill(model, prompts, cache)
         root = choose_root(model.lm_logits(hidden), decoding["temperature"], decoding["top_k"], decoding["top_p"],
                            decoding["generator"])
         head_logits = model.head_logits(hidden).transpose(0, 1)

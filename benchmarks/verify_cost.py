@@ -1,0 +1,160 @@
+"""Measure the verify-cost curve: ms per decode step for each batch size x tree size (DESIGN.md §6).
+
+Each point prefills ``batch`` random prompts, then repeats one greedy Medusa step (``tree_step``, the
+decode loop's own step, replayed from a CUDA graph on a GPU) with the cache rewound to the prompt
+between steps, so every step does the same work; each step ends with the loop's one host read of
+the accepted tokens. Tree size T counts the tokens verified per row, root included (1 = plain
+decoding); the T - 1 nodes are grown by ``build_tree`` from made-up accuracies (the tree's shape
+barely matters: the step's shapes are what cost). Attention runs over the whole (masked) cache
+buffer, so the cost also grows with the cache capacity: ``--new-tokens`` sizes it as a generation of
+that many tokens would (``decode_cache`` rounds to 256). Writes a :class:`~medusa.model.CostCurve` JSON for
+``TreePolicy`` / ``heads_accuracy --cost-curve``.
+
+    python benchmarks/verify_cost.py --shape 7b --out cost_7b.json
+    python benchmarks/verify_cost.py --model HEADS_DIR --out cost.json
+    python benchmarks/verify_cost.py --demo --out cost_demo.json
+    python benchmarks/verify_cost.py --shape tiny --device cpu --batch-sizes 1,2 --tree-sizes 1,4 --iters 3 --out c.json
+"""
+
+import argparse
+import os
+import sys
+import time
+from functools import partial
+
+import torch
+
+if not __package__:  # run as `python benchmarks/verify_cost.py`: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.step_overhead import SHAPES, random_medusa  # noqa: E402
+from medusa.eval.tree_builder import build_tree  # noqa: E402
+from medusa.model import CostCurve, MedusaKVCache, MedusaModel  # noqa: E402
+from medusa.model.cuda_graph import GraphedStep  # noqa: E402
+from medusa.model.generate import prefill, tree_step  # noqa: E402
+from medusa.model.medusa_choices import MAX_TOP_K  # noqa: E402
+
+
+def timing_tree(num_heads: int, tree_size: int) -> list[list[int]] | str:
+    """A plausible ``tree_size``-token tree for ``num_heads`` heads (acc[d][r] = 0.6^(d+1) * 0.5^r), "none" for 1."""
+    if tree_size == 1:
+        return "none"
+    made_up = [[0.6 ** (d + 1) * 0.5**r for r in range(MAX_TOP_K)] for d in range(num_heads)]
+    return build_tree(made_up, tree_size - 1)
+
+
+def max_tree_size(num_heads: int) -> int:
+    """Largest tree (root included) ``num_heads`` heads of top-10 ranks can hold."""
+    return 1 + sum(MAX_TOP_K**d for d in range(1, num_heads + 1))
+
+
+@torch.inference_mode()
+def step_ms(model: MedusaModel, batch_size: int, tree_size: int, prompt_len: int = 128, new_tokens: int = 512,
+            warmup: int = 5, iters: int = 50, cuda_graph: bool = True, seed: int = 0) -> float:
+    """Mean ms of one greedy decode step of ``batch_size`` rows verifying ``tree_size`` tokens each."""
+    device = model.lm_head.weight.device
+    buffers = model.tree_buffers(timing_tree(model.config.medusa_num_heads, tree_size))
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, model.config.vocab_size, (prompt_len,), generator=gen).to(device)
+               for _ in range(batch_size)]
+    capacity = -(-(prompt_len + new_tokens + tree_size) // 256) * 256  # as medusa_generate's decode_cache sizes it
+    cache = MedusaKVCache.for_model(model.base_model, capacity, batch_size)  # private: freed after this point
+    hidden = prefill(model, prompts, cache)
+    inputs = (model.lm_logits(hidden).argmax(-1), model.head_logits(hidden).transpose(0, 1),
+              torch.ones(batch_size, dtype=torch.bool, device=device))
+    step = partial(tree_step, model, buffers, cache)  # greedy
+    if cuda_graph:
+        step = GraphedStep(step, inputs, cache)
+    prompt_lens = cache.length.clone()
+
+    def one_step():
+        cache.length.copy_(prompt_lens)  # rewind: the same cache length, hence the same work, every step
+        tokens, accept_length, _, _ = step(*inputs)
+        torch.cat([accept_length[:, None], tokens], dim=1).tolist()  # the decode loop's one host sync per step
+
+    for _ in range(warmup):
+        one_step()
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(iters):
+            one_step()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / iters
+    start_s = time.perf_counter()
+    for _ in range(iters):
+        one_step()
+    return 1000 * (time.perf_counter() - start_s) / iters
+
+
+def measure(model: MedusaModel, batch_sizes: list[int], tree_sizes: list[int], **timing) -> list[list[float]]:
+    """``ms[i][j]``: :func:`step_ms` at ``batch_sizes[i]``, ``tree_sizes[j]`` (graphs freed after each point)."""
+    ms = []
+    for b in batch_sizes:
+        ms.append([])
+        for t in tree_sizes:
+            ms[-1].append(step_ms(model, b, t, **timing))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # each point's graph pool and cache go before the next, larger one
+    return ms
+
+
+def _sizes(text: str) -> list[int]:
+    return sorted({int(s) for s in text.split(",") if s.strip()})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="Medusa heads directory (any layout MedusaModel reads).")
+    source.add_argument("--demo", action="store_true", help="The shipped demo heads on SmolLM2-135M-Instruct.")
+    source.add_argument("--shape", choices=sorted(SHAPES), help="Random weights of this shape (Llama).")
+    parser.add_argument("--base-model", help="With --model: base model directory (default: the heads' config).")
+    parser.add_argument("--heads", type=int, default=5, help="With --shape: number of Medusa heads.")
+    parser.add_argument("--batch-sizes", type=_sizes, default=[1, 4, 16, 64])
+    parser.add_argument("--tree-sizes", type=_sizes, default=[1, 2, 4, 8, 16, 32, 48, 64, 96, 128],
+                        help="Tokens verified per row, root included (1 = plain decoding; always measured).")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=512, help="Size the cache for generations this long.")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=50, help="Timed steps per point.")
+    parser.add_argument("--eager", action="store_true", help="Time eager steps on a GPU (no CUDA graph).")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    parser.add_argument("--out", required=True, help="Where to write the CostCurve JSON.")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32}.get(args.dtype) or getattr(torch, args.dtype)
+    if args.shape:
+        model, name = random_medusa(args.shape, args.heads, dtype, args.device), f"random-{args.shape}"
+    elif args.demo:
+        from medusa.demo import load_demo
+
+        model, name = load_demo(dtype=dtype), "demo"
+    else:
+        model, name = MedusaModel.from_pretrained(args.model, base_model=args.base_model, dtype=dtype), args.model
+    model = model.to(device).eval()
+    limit = max_tree_size(model.config.medusa_num_heads)
+    tree_sizes = sorted({1} | {t for t in args.tree_sizes if t <= limit})
+    if dropped := [t for t in args.tree_sizes if t > limit]:
+        print(f"skipping tree sizes {dropped}: {model.config.medusa_num_heads} heads hold at most {limit} tokens",
+              file=sys.stderr)
+
+    ms = measure(model, args.batch_sizes, tree_sizes, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                 warmup=args.warmup,
+                 iters=args.iters, cuda_graph=device.type == "cuda" and not args.eager)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    curve = CostCurve(args.batch_sizes, tree_sizes, ms, device=gpu, model=name, dtype=str(dtype).removeprefix("torch."))
+    curve.save(args.out)
+
+    print(f"ms per decode step ({gpu}, {name}, {curve.dtype}); in brackets: relative to tree size 1")
+    print("batch \\ tree " + "".join(f"{t:>16}" for t in tree_sizes))
+    for b, row in zip(args.batch_sizes, ms):
+        print(f"{b:>12} " + "".join(f"{v:>9.3f} ({v / row[0]:4.2f})" for v in row))
+
+
+if __name__ == "__main__":
+    main()
