@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
                              "best expected speedup at batch size 1 and report the choice at batch sizes "
                              f"{', '.join(map(str, POLICY_BATCH_SIZES))}.")
     parser.add_argument("--tree-output", help="Where to write the grown tree (JSON list of paths; with --cost-curve, "
-                                              "the policy's tree for batch size 1).")
+                                              "the policy's tree for batch size 1 unless it is none).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     parser.add_argument("--output", help="Write all figures as JSON here.")
@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"policy at batch size {batch_size}: {choice}, expected speedup {speedup:.3f}x")
         if policy.choices(1) != "none":
             grown[f"policy_{len(policy.choices(1))}"] = policy.choices(1)
+        elif args.tree_output:
+            print("policy: no tree pays off at batch size 1; --tree-output gets " +
+                  (f"built_{args.build_tree}" if args.build_tree else "nothing"))
     trees |= grown
     if args.tree_output and grown:
         with open(args.tree_output, "w") as f:
