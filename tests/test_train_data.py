@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from medusa.train.data import IGNORE_INDEX, PadCollator, chat_renderer, load_conversations, tokenize_conversation
+from medusa.train.data import IGNORE_INDEX, PadCollator, chat_renderer, load_conversations, read_records, tokenize_conversation
 from medusa.train.losses import distillation_kl, head_weights, medusa_head_losses
 from tests.tiny import tiny_tokenizer
 
@@ -113,3 +113,10 @@ def test_weights_and_kl():
     p, q = teacher[mask].softmax(-1), student[mask].softmax(-1)
     assert torch.allclose(distillation_kl(student, teacher, mask), (p * (p / q).log()).sum(-1).mean(), atol=1e-5)
     assert distillation_kl(teacher, teacher, mask).abs() < 1e-6
+
+
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
+    path = tmp_path / "data.jsonl"
+    records = [{"id": "a", "turns": ["one\u2028two"]}, {"id": "b", "turns": ["three\u2029four\x85"]}]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
+    assert read_records(str(path)) == records

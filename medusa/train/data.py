@@ -50,7 +50,7 @@ def read_records(path: str) -> list:
         records = json.loads(text)
         return records if isinstance(records, list) else [records]
     except json.JSONDecodeError:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [json.loads(line) for line in text.split("\n") if line.strip()]  # not splitlines(): strings may hold U+2028
 
 
 def load_conversations(path: str) -> list[list[dict]]:
