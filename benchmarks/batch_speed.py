@@ -1,0 +1,97 @@
+"""Tokens/s at several batch sizes: the library's greedy loop against Medusa with a fixed tree and with the tree policy.
+
+Rows are MT-bench first turns (cycled), each decoded to exactly ``--max-new-tokens`` (EOS ignored, so
+the batch size stays what the row says). Every mode runs the same batches; Medusa rows are also
+compared token for token with the greedy loop's.
+
+    python benchmarks/batch_speed.py --model medusa/demo_heads --base-model DIR \\
+        --cost-curve cost.json --accuracies eval.json --output batch_speed.json
+"""
+
+import argparse
+import json
+import time
+
+import torch
+
+from medusa.eval.questions import DEFAULT_QUESTIONS, load_questions, render_chat
+from medusa.model import MedusaModel, TreePolicy
+
+ROWS = {1: 16, 4: 16, 16: 32, 64: 64}  # rows decoded per batch size (whole batches)
+
+
+def timed_generate(model, batch, max_new_tokens, **kwargs):
+    """(outputs, steps, seconds); a 2-step call first captures this batch size's graphs at the same capacity."""
+    list(model.medusa_generate(batch, max_new_tokens=max_new_tokens, max_steps=2, eos_token_id=[], **kwargs))
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    outputs, steps = [[] for _ in batch], 0
+    for rows in model.medusa_generate(batch, max_new_tokens=max_new_tokens, eos_token_id=[], **kwargs):
+        steps += 1
+        for output, row in zip(outputs, rows):
+            output += row["new_token_ids"]
+    torch.cuda.synchronize()
+    return outputs, steps, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--base-model")
+    parser.add_argument("--questions", default=DEFAULT_QUESTIONS)
+    parser.add_argument("--batch-sizes", default="1,4,16,64")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--tree", help="fixed tree for the 'medusa' mode (default: the default preset)")
+    parser.add_argument("--cost-curve", help="verify-cost curve (benchmarks/verify_cost.py) for the 'policy' mode")
+    parser.add_argument("--accuracies", help="heads_accuracy JSON for the 'policy' mode")
+    parser.add_argument("--output")
+    args = parser.parse_args()
+
+    model = MedusaModel.from_pretrained(args.model, base_model=args.base_model, dtype=torch.bfloat16).cuda().eval()
+    tokenizer = model.get_tokenizer()
+    prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}])[0]
+               for q in load_questions(args.questions)]
+    policy = TreePolicy.load(args.accuracies, args.cost_curve) if args.cost_curve else None
+    modes = {"greedy": {"medusa_choices": "none"}, "medusa": {"medusa_choices": args.tree}}
+    if policy is not None:
+        modes["policy"] = {"tree_policy": policy}
+
+    results = []
+    for batch_size in map(int, args.batch_sizes.split(",")):
+        rows = ROWS.get(batch_size, batch_size)
+        batches = [[prompts[(start + i) % len(prompts)] for i in range(batch_size)] for start in range(0, rows, batch_size)]
+        result = {"batch_size": batch_size, "rows": len(batches) * batch_size}
+        if policy is not None:
+            choice = policy.choices(batch_size)
+            result["policy_tree_nodes"] = 0 if choice == "none" else len(choice)
+        greedy_outputs = []
+        for mode, kwargs in modes.items():
+            tokens = steps = seconds = identical = 0
+            for i, batch in enumerate(batches):
+                outputs, n_steps, s = timed_generate(model, batch, args.max_new_tokens, **kwargs)
+                tokens += sum(map(len, outputs))
+                steps, seconds = steps + n_steps, seconds + s
+                if mode == "greedy":
+                    greedy_outputs.append(outputs)
+                else:
+                    identical += sum(a == b for a, b in zip(outputs, greedy_outputs[i]))
+            result[mode] = {"tok_s": tokens / seconds, "tokens_per_step": tokens / (steps * batch_size),
+                            "ms_per_step": 1000 * seconds / steps}
+            if mode != "greedy":
+                result[mode]["speedup"] = result[mode]["tok_s"] / result["greedy"]["tok_s"]
+                result[mode]["identical_rows"] = identical / result["rows"]
+        results.append(result)
+        print(json.dumps(result), flush=True)
+
+    print(f"{'batch':>5} {'greedy tok/s':>12} " + " ".join(f"{m + ' tok/s':>14} {'x':>5} {'tok/step':>8}" for m in modes if m != "greedy"))
+    for r in results:
+        print(f"{r['batch_size']:>5} {r['greedy']['tok_s']:>12.0f} " + " ".join(
+            f"{r[m]['tok_s']:>14.0f} {r[m]['speedup']:>5.2f} {r[m]['tokens_per_step']:>8.2f}" for m in modes if m != "greedy"))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "max_new_tokens": args.max_new_tokens,
+                       "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
