@@ -60,6 +60,7 @@ def step_ms(model: MedusaModel, batch_size: int, tree_size: int, prompt_len: int
     capacity = -(-(prompt_len + new_tokens + tree_size) // 256) * 256  # as medusa_generate's decode_cache sizes it
     cache = MedusaKVCache.for_model(model.base_model, capacity, batch_size)  # private: freed after this point
     hidden = prefill(model, prompts, cache)
+    cache.fit_span(new_tokens // 2 + tree_size)  # attend over the slots of a step halfway through the generation
     inputs = (model.lm_logits(hidden).argmax(-1), model.head_logits(hidden).transpose(0, 1),
               torch.ones(batch_size, dtype=torch.bool, device=device))
     step = partial(tree_step, model, buffers, cache)  # greedy

@@ -197,3 +197,19 @@ def test_batched_sampling_is_reproducible_and_respects_limits(sampling):
                            generator=torch.Generator().manual_seed(seed)) for seed in (3, 3, 4)]
     assert runs[0] == runs[1] and runs[0] != runs[2]
     assert all(len(row) == 20 for row in runs[0])
+
+
+def test_steps_attend_only_over_the_filled_part_of_the_cache(monkeypatch):
+    from medusa.model import generate as generate_module
+
+    model = fitted("llama", 4)
+    spans = []
+    build_mask = generate_module.model_attention_mask
+    monkeypatch.setattr(generate_module, "model_attention_mask",
+                        lambda config, length, new_mask, positions, span, dtype: spans.append(span)
+                        or build_mask(config, length, new_mask, positions, span, dtype))
+    input_ids = prompts(100, 4)[0]
+    tokens, _ = run(model, input_ids, max_new_tokens=600, max_steps=8, eos_token_id=[])
+    capacity = model._decode_caches[1].capacity
+    assert capacity >= 600 and spans and max(spans) == 256  # 8 steps from a short prompt stay in the first 256 slots
+    assert tokens == greedy_reference(model.base_model, input_ids, len(tokens))

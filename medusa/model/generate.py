@@ -18,7 +18,7 @@ from .tree import TreeBuffers
 def _forward(model, tokens: torch.Tensor, new_mask: torch.Tensor, positions: torch.Tensor, cache: MedusaKVCache):
     """Run ``tokens`` ``[batch, q]`` at ``positions`` ``[batch, q]`` into the cache; returns hidden states ``[batch, q, d]``."""
     cache.check_capacity(tokens.shape[1])
-    mask = model_attention_mask(model.base_model.config, cache.length, new_mask, positions, cache.capacity,
+    mask = model_attention_mask(model.base_model.config, cache.length, new_mask, positions, cache.span,
                                 model.lm_head.weight.dtype)
     return model.hidden_states(tokens, mask, positions, cache)
 
@@ -220,6 +220,7 @@ def prefill(model, prompts: list[torch.Tensor], cache: MedusaKVCache) -> torch.T
     # entries are overwritten by the first step.
     causal = torch.ones(padded.shape[1], padded.shape[1], dtype=torch.bool, device=device).tril()
     positions = torch.arange(padded.shape[1], device=device).expand(len(prompts), -1)
+    cache.fit_span(padded.shape[1])
     hidden = _per_row(_forward(model, padded, causal, positions, cache), prompt_lens - 1)  # [batch, d]
     cache.commit(prompt_lens)
     return hidden
@@ -244,11 +245,12 @@ def _decode(model, trees, prompts: list[torch.Tensor], capacity: int, budget: in
         for _ in range(max_steps):
             buffers = trees(cache.batch_size)
             step = partial(tree_step, model, buffers, cache, **decoding)
-            if cuda_graph:
-                if buffers.key not in graphs:
-                    graphs[buffers.key] = GraphedStep(step, (root, head_logits, active), cache)
-                step = graphs[buffers.key]
             cache.check_capacity(buffers.num_nodes)
+            span = cache.fit_span(buffers.num_nodes)
+            if cuda_graph:  # one graph per tree and span: a few per generation
+                if (buffers.key, span) not in graphs:
+                    graphs[buffers.key, span] = GraphedStep(step, (root, head_logits, active), cache, model.graph_pool)
+                step = graphs[buffers.key, span]
             tokens, accept_length, root, head_logits = step(root, head_logits, active)
             host = torch.cat([accept_length[:, None], tokens], dim=1).tolist()  # the step's one host sync
 

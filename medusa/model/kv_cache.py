@@ -2,7 +2,8 @@
 
 One buffer pair per layer, ``[batch, kv_heads, capacity, head_dim]``, and one committed length per
 row. A forward over ``q`` new tokens writes row b's at slots ``[length[b], length[b] + q)`` and
-attends over the whole buffer; the 4D mask (:mod:`medusa.model.masks`) hides slots that hold nothing
+attends over the first ``span`` slots (a multiple of 256 that holds every row and the new tokens,
+so early steps skip the empty end of the buffer); the 4D mask (:mod:`medusa.model.masks`) hides slots that hold nothing
 valid. After a tree step, :meth:`MedusaKVCache.accept` moves each row's accepted path to the front of
 its free region in place. The buffers never change shape, which keeps every step's shapes static.
 """
@@ -58,10 +59,11 @@ class MedusaKVCache(Cache):
         # One tensor for all layers' keys and values: compaction after a step is then one gather and
         # one scatter, not four kernels per layer (launches dominate a small model's step).
         self.buffer = torch.zeros(num_layers, 2, batch_size, num_kv_heads, capacity, head_dim, dtype=dtype, device=device)
-        super().__init__(layers=[_StaticKVLayer(kv[0], kv[1]) for kv in self.buffer])
+        super().__init__(layers=[_StaticKVLayer(self.buffer[i, 0], self.buffer[i, 1]) for i in range(num_layers)])
         self.capacity = capacity
         self.length = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.host_length = 0
+        self.span = capacity
         self.in_use = False
         self._slots = torch.arange(capacity, device=device)
 
@@ -82,6 +84,7 @@ class MedusaKVCache(Cache):
         """Forget every entry (the buffers keep their contents; the mask hides them)."""
         self.length.zero_()
         self.host_length = 0
+        self.span = self.capacity
 
     def check_capacity(self, num_new: int) -> None:
         """Raise :class:`CacheCapacityError` unless ``num_new`` more slots fit after ``host_length``.
@@ -95,6 +98,14 @@ class MedusaKVCache(Cache):
                 "Allocate a larger cache (prompt + max_new_tokens + tree size)."
             )
 
+    def fit_span(self, num_new: int) -> int:
+        """Attend over the fewest slots, rounded up to 256, that hold ``host_length + num_new`` tokens; returns it.
+
+        Set before each forward (a step captured in a CUDA graph keeps the span it was captured with).
+        """
+        self.span = min(self.capacity, -(-(self.host_length + num_new) // 256) * 256)
+        return self.span
+
     def _slot_index(self, offsets: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Per-row slots ``length[b] + offsets[b, i]`` expanded to ``shape`` ``[..., batch, kv_heads, q, head_dim]``."""
         index = self.length[:, None] + offsets
@@ -103,14 +114,16 @@ class MedusaKVCache(Cache):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Write row b of ``key/value_states`` ``[batch, kv_heads, q, head_dim]`` at slots ``[length[b], length[b]+q)``.
 
-        Returns the whole buffers ``[batch, kv_heads, capacity, head_dim]``; the attention mask decides
-        which slots count.
+        Returns the first ``span`` slots of the buffers ``[batch, kv_heads, span, head_dim]``; the
+        attention mask decides which of them count.
         """
         index = self._slot_index(self._slots[: key_states.shape[-2]].expand(self.batch_size, -1), key_states.shape)
         layer = self.layers[layer_idx]
-        layer.keys.scatter_(2, index, key_states)
-        layer.values.scatter_(2, index, value_states)
-        return layer.keys, layer.values
+        # A decoding cache: nothing is differentiated through it (and autograd refuses in-place
+        # writes of grad-carrying states into a view of the shared buffer).
+        layer.keys.scatter_(2, index, key_states.detach())
+        layer.values.scatter_(2, index, value_states.detach())
+        return layer.keys[:, :, : self.span], layer.values[:, :, : self.span]
 
     def commit(self, num_tokens: torch.Tensor | int) -> None:
         """Count the ``num_tokens`` (int, or ``[batch]`` on the device) entries just written as part of each row."""

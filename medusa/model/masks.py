@@ -8,7 +8,7 @@ Because the mask replaces the model's own masking, sliding-window layers get the
 import torch
 
 
-def attention_mask(cache_length: torch.Tensor, new_mask: torch.Tensor, positions: torch.Tensor, capacity: int,
+def attention_mask(cache_length: torch.Tensor, new_mask: torch.Tensor, positions: torch.Tensor, span: int,
                    dtype: torch.dtype, sliding_window: int | None = None) -> torch.Tensor:
     """Mask for ``q`` new tokens per row, row b's written at cache slots ``[cache_length[b], cache_length[b] + q)``.
 
@@ -21,17 +21,17 @@ def attention_mask(cache_length: torch.Tensor, new_mask: torch.Tensor, positions
         new_mask: ``[q, q]`` bool, which new tokens each new token sees (causal for a prompt,
             ancestors for a tree); the same for every row.
         positions: ``[batch, q]`` position ids of the new tokens.
-        capacity: width of the cache buffers.
+        span: cache slots attended over (from slot 0).
         sliding_window: if set, a query at position p only sees keys at positions > p - window.
 
     Returns:
-        ``[batch, 1, q, capacity]`` in ``dtype``.
+        ``[batch, 1, q, span]`` in ``dtype``.
     """
     q = new_mask.shape[0]
-    slots = torch.arange(capacity, device=new_mask.device)
-    offset = slots[None, :] - cache_length[:, None]  # [batch, capacity]; >= 0 for the new tokens' slots
+    slots = torch.arange(span, device=new_mask.device)
+    offset = slots[None, :] - cache_length[:, None]  # [batch, span]; >= 0 for the new tokens' slots
     new_index = offset.clamp(0, q - 1)
-    sees_new = new_mask[:, new_index].transpose(0, 1)  # [batch, q, capacity]
+    sees_new = new_mask[:, new_index].transpose(0, 1)  # [batch, q, span]
     allowed = (offset < 0)[:, None, :] | (sees_new & (offset < q)[:, None, :])
     if sliding_window is not None:
         key_positions = torch.where(offset < 0, slots[None, :], positions.gather(1, new_index))
@@ -42,7 +42,7 @@ def attention_mask(cache_length: torch.Tensor, new_mask: torch.Tensor, positions
 
 
 def model_attention_mask(config, cache_length: torch.Tensor, new_mask: torch.Tensor, positions: torch.Tensor,
-                         capacity: int, dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
+                         span: int, dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
     """The mask in the form the model's config asks for.
 
     Models with per-layer attention types (``config.layer_types``, e.g. Qwen2, Gemma2/3) take a dict
@@ -57,8 +57,8 @@ def model_attention_mask(config, cache_length: torch.Tensor, new_mask: torch.Ten
         if unsupported:
             raise ValueError(f"Tree attention does not support the layer types {sorted(unsupported)}.")
         return {
-            kind: attention_mask(cache_length, new_mask, positions, capacity, dtype,
+            kind: attention_mask(cache_length, new_mask, positions, span, dtype,
                                  window if kind == "sliding_attention" else None)
             for kind in set(layer_types)
         }
-    return attention_mask(cache_length, new_mask, positions, capacity, dtype, window)
+    return attention_mask(cache_length, new_mask, positions, span, dtype, window)
