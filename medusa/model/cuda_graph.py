@@ -19,13 +19,9 @@ class GraphedStep:
         step: the function to capture; it may mutate the KV cache.
         example_inputs: tensors with the shapes and dtypes of every later call's inputs.
         cache: the KV cache the step writes; its ``length`` is restored after the warm-up runs.
-        pool: memory pool shared with the other graphs of one decode loop. Sharing is safe because
-            they replay one at a time and each call copies its inputs into its own buffers before
-            replaying; without it every graph (one per tree, batch size and span) keeps its own
-            logits-sized buffers.
     """
 
-    def __init__(self, step: Callable, example_inputs: tuple[torch.Tensor, ...], cache, pool=None):
+    def __init__(self, step: Callable, example_inputs: tuple[torch.Tensor, ...], cache):
         self.step = step  # keeps every tensor the graph reads (tree buffers, ...) alive
         self.inputs = tuple(x.clone() for x in example_inputs)
         length = cache.length.clone()
@@ -37,7 +33,7 @@ class GraphedStep:
                 cache.length.copy_(length)  # the warm-up writes only beyond length; undo the advance
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        with torch.cuda.graph(self.graph):
             self.outputs = step(*self.inputs)
 
     def __call__(self, *inputs: torch.Tensor):

@@ -249,7 +249,7 @@ def _decode(model, trees, prompts: list[torch.Tensor], capacity: int, budget: in
             span = cache.fit_span(buffers.num_nodes)
             if cuda_graph:  # one graph per tree and span: a few per generation
                 if (buffers.key, span) not in graphs:
-                    graphs[buffers.key, span] = GraphedStep(step, (root, head_logits, active), cache, model.graph_pool)
+                    graphs[buffers.key, span] = GraphedStep(step, (root, head_logits, active), cache)
                 step = graphs[buffers.key, span]
             tokens, accept_length, root, head_logits = step(root, head_logits, active)
             host = torch.cat([accept_length[:, None], tokens], dim=1).tolist()  # the step's one host sync

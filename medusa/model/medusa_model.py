@@ -51,7 +51,6 @@ class MedusaModel(nn.Module):
         self._decode_caches: dict[int, MedusaKVCache] = {}
         self._graphs: dict[int, dict[tuple, object]] = {}
         self.tree_policy = None
-        self._graph_pool = None
 
     # ----------------------------------------------------------------------------- loading / saving
     @classmethod
@@ -174,13 +173,6 @@ class MedusaModel(nn.Module):
             yield cache, self._graphs[batch_size]
         finally:
             cache.in_use = False
-
-    @property
-    def graph_pool(self):
-        """The CUDA-graph memory pool all decode-step graphs of this model share (created on first use)."""
-        if self._graph_pool is None:
-            self._graph_pool = torch.cuda.graph_pool_handle()
-        return self._graph_pool
 
     def medusa_generate(self, input_ids: torch.Tensor, **kwargs):
         """Streaming Medusa generation; see :func:`medusa.model.generate.medusa_generate`."""
