@@ -13,9 +13,9 @@ A decoder is a function ``decode(input_ids [1, S]) -> (new token ids, steps)``; 
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable
 
-import shortuuid
 import torch
 from tqdm import tqdm
 
@@ -123,7 +123,7 @@ def write_answers(decode: Decoder, tokenizer, questions: list[dict], answer_file
             for i in range(num_choices):
                 torch.manual_seed(i)
                 choices.append({"index": i, **answer_turns(decode, tokenizer, question["turns"], device)})
-            line = {"question_id": question["question_id"], "answer_id": shortuuid.uuid(), "model_id": model_id,
+            line = {"question_id": question["question_id"], "answer_id": uuid.uuid4().hex, "model_id": model_id,
                     "choices": choices, "tstamp": time.time()}
             f.write(json.dumps(line) + "\n")
             f.flush()
