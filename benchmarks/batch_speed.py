@@ -29,7 +29,8 @@ def timed_generate(model, batch, max_new_tokens, **kwargs):
     for rows in model.medusa_generate(batch, max_new_tokens=max_new_tokens, eos_token_id=[], **kwargs):
         steps += 1
         for output, row in zip(outputs, rows):
-            output += row["new_token_ids"]
+            if row is not None:
+                output += row["new_token_ids"]
     torch.cuda.synchronize()
     return outputs, steps, time.perf_counter() - start
 

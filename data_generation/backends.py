@@ -14,11 +14,11 @@ class LocalBackend:
 
     Greedy at temperature 0, else plain ancestral sampling: a :class:`~medusa.model.MedusaModel` with
     no speculation (``medusa_choices="none"``), so every row is exactly the base model's own output.
-    Finished rows leave the batch as they end.
+    ``batch_size`` rows decode at once; a finished row takes the next waiting conversation.
     """
 
     def __init__(self, model_path: str, temperature: float, max_new_tokens: int, device: str | None = None,
-                 dtype: str = "auto", seed: int = 0):
+                 dtype: str = "auto", seed: int = 0, batch_size: int = 16):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from medusa.model import MedusaConfig, MedusaModel
@@ -32,7 +32,7 @@ class LocalBackend:
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(self.device).eval()
         self.model = MedusaModel(base, MedusaConfig(medusa_num_heads=1))
         self.context = getattr(base.config.get_text_config(), "max_position_embeddings", None) or 2**31
-        self.temperature, self.max_new_tokens = temperature, max_new_tokens
+        self.temperature, self.max_new_tokens, self.batch_size = temperature, max_new_tokens, batch_size
         self.generator = torch.Generator(self.device).manual_seed(seed)
 
     def answer(self, conversations: list[list[dict]]) -> list[tuple[str, int]]:
@@ -44,7 +44,7 @@ class LocalBackend:
             raise RuntimeError(f"A conversation of {longest} tokens leaves no room in the model's context of "
                                f"{self.context} tokens.")
         outputs = self.model.generate(prompts, temperature=self.temperature, max_new_tokens=min(self.max_new_tokens, room),
-                                      medusa_choices="none", generator=self.generator)
+                                      medusa_choices="none", generator=self.generator, batch_size=self.batch_size)
         return [(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids)) for ids in outputs]
 
 

@@ -98,18 +98,15 @@ def opening(system: str | None) -> list[dict]:
     return [{"role": "system", "content": system}] if system else []
 
 
-def run_local(backend: LocalBackend, jobs: list[Job], batch_size: int, system: str | None, writer: Writer) -> None:
-    """Batches of conversations; turn j of every conversation in a batch that has one is answered together.
+def run_local(backend: LocalBackend, jobs: list[Job], system: str | None, writer: Writer) -> None:
+    """Groups of conversations; turn j of every conversation in a group that has one is answered together.
 
-    Batches are cut from windows of eight batches sorted by prompt length: little padding, and the
-    prompts are still taken in input order, so a run stopped early has a sample of all of them.
+    A group holds eight batches: the back end keeps a full batch decoding while the group's turn
+    lasts, and the group's conversations are written when its last turn is answered.
     """
-    window = 8 * batch_size
-    batches = [chunk[start:start + batch_size]
-               for w in range(0, len(jobs), window)
-               for chunk in [sorted(jobs[w:w + window], key=lambda j: len(j.turns[0]))]
-               for start in range(0, len(chunk), batch_size)]
-    for batch in batches:
+    group = 8 * backend.batch_size
+    for start in range(0, len(jobs), group):
+        batch = jobs[start:start + group]
         conversations, tokens = [opening(system) for _ in batch], [0] * len(batch)
         for turn in range(max(len(j.turns) for j in batch)):
             active = [i for i, j in enumerate(batch) if turn < len(j.turns)]
@@ -155,7 +152,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=1024, help="Per assistant turn.")
     p.add_argument("--samples", type=int, default=1, help="Answers per prompt (use temperature > 0).")
     p.add_argument("--batch-size", type=int, default=16,
-                   help="Local back end: conversations decoded together (on a GPU, 64-256 keeps it busy).")
+                   help="Local back end: conversations decoded at once; a finished one makes room for the next "
+                        "(on a GPU, 64-256 keeps it busy). Output is written every 8 batches.")
     p.add_argument("--concurrency", type=int, default=32, help="Server back end: requests in flight.")
     p.add_argument("--system", help="System message put before every conversation.")
     p.add_argument("--limit", type=int, help="Only the first N prompts.")
@@ -179,7 +177,8 @@ def main(argv=None) -> int:
                                 args.api_key)
     else:
         try:
-            backend = LocalBackend(args.model, args.temperature, args.max_new_tokens, args.device, args.dtype, args.seed)
+            backend = LocalBackend(args.model, args.temperature, args.max_new_tokens, args.device, args.dtype, args.seed,
+                                   args.batch_size)
         except OSError as e:
             raise SystemExit(f"Cannot load {args.model!r}: {str(e).splitlines()[0]}") from None
     writer = Writer(args.output, len(jobs))
@@ -187,7 +186,7 @@ def main(argv=None) -> int:
         if args.url:
             asyncio.run(run_server(backend, jobs, args.system, writer))
         else:
-            run_local(backend, jobs, args.batch_size, args.system, writer)
+            run_local(backend, jobs, args.system, writer)
     except KeyboardInterrupt:
         print(f"\nInterrupted; finished conversations are in {args.output}, rerun to resume.", file=sys.stderr)
         return 130

@@ -129,7 +129,7 @@ def test_local_backend_answers_are_the_base_models_own_greedy_replies(tiny):
     root, base, _ = tiny
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    backend = backends.LocalBackend(base, 0.0, 12, device="cpu")
+    backend = backends.LocalBackend(base, 0.0, 12, device="cpu", batch_size=2)  # the third waits for a free row
     tokenizer, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base)
     conversations = [[{"role": "user", "content": text}] for text in ("hello there", "a much longer question " * 6, "x")]
     conversations[1] += [{"role": "assistant", "content": "fine"}, {"role": "user", "content": "and then?"}]

@@ -150,9 +150,9 @@ def test_batch_rows_equal_each_prompt_decoded_alone(arch, tree):
     steps = []
     outputs = [[] for _ in batch]
     for rows in model.medusa_generate(batch, max_new_tokens=NEW_TOKENS, medusa_choices=tree, eos_token_id=[]):
-        steps.append([row["accept_length"] for row in rows])
+        steps.append([row and row["accept_length"] for row in rows])
         for output, row in zip(outputs, rows):
-            output += row["new_token_ids"]
+            output += row["new_token_ids"] if row else []
     assert outputs == references
     # Each row accepts its own number of tokens per step.
     if tree != "none":
@@ -161,17 +161,22 @@ def test_batch_rows_equal_each_prompt_decoded_alone(arch, tree):
         assert sum(a + 1 for a in row_steps) / len(row_steps) > 1.3
 
 
+def early_eos(model, batch, within):
+    """An "EOS" that some rows' greedy output holds in its first ``within`` tokens and others lack (rows
+    then finish at different steps), and each row's expected output with it."""
+    references = [greedy_reference(model.base_model, p[None], NEW_TOKENS) for p in batch]
+    counts = {}
+    for ref in references:
+        for token in set(ref[:within]):
+            counts[token] = counts.get(token, 0) + 1
+    eos = next(t for t, c in sorted(counts.items(), key=lambda kv: -kv[1]) if c < len(batch))
+    return eos, [ref[: ref.index(eos) + 1] if eos in ref else ref for ref in references]
+
+
 def test_finished_rows_leave_the_batch_and_the_rest_stay_greedy(monkeypatch):
     model = fitted("llama", 4)
     batch = batch_prompts(12, 7)
-    references = [greedy_reference(model.base_model, p[None], NEW_TOKENS) for p in batch]
-    # An "EOS" that some rows emit early and others never: rows finish at different steps.
-    counts = {}
-    for ref in references:
-        for token in set(ref[:20]):
-            counts[token] = counts.get(token, 0) + 1
-    eos = next(t for t, c in sorted(counts.items(), key=lambda kv: -kv[1]) if c < len(batch))
-    expected = [ref[: ref.index(eos) + 1] if eos in ref else ref for ref in references]
+    eos, expected = early_eos(model, batch, 20)
     sizes = []
     copy_rows_to = MedusaKVCache.copy_rows_to
     monkeypatch.setattr(MedusaKVCache, "copy_rows_to",
@@ -213,3 +218,45 @@ def test_steps_attend_only_over_the_filled_part_of_the_cache(monkeypatch):
     capacity = model._decode_caches[1].capacity
     assert capacity >= 600 and spans and max(spans) == 256  # 8 steps from a short prompt stay in the first 256 slots
     assert tokens == greedy_reference(model.base_model, input_ids, len(tokens))
+
+
+@pytest.mark.parametrize("tree", [None, "none"])
+def test_continuous_batching_refills_finished_rows_and_stays_greedy(tree, monkeypatch):
+    model = fitted("llama", 4)
+    batch = batch_prompts(14, 9)
+    eos, expected = early_eos(model, batch, 15)
+    refills, sizes = [], []
+    copy_rows_to = MedusaKVCache.copy_rows_to
+
+    def recording(self, target, rows, target_rows=None):
+        (sizes if target_rows is None else refills).append(len(rows))
+        return copy_rows_to(self, target, rows, target_rows)
+
+    monkeypatch.setattr(MedusaKVCache, "copy_rows_to", recording)
+    in_flight = []
+    outputs = [[] for _ in batch]
+    for rows in model.medusa_generate(batch, batch_size=3, max_new_tokens=NEW_TOKENS, eos_token_id=eos,
+                                      medusa_choices=tree):
+        in_flight.append(sum(row is not None for row in rows))
+        for output, row in zip(outputs, rows):
+            output += row["new_token_ids"] if row else []
+    assert outputs == expected
+    assert max(in_flight) == 3 and sum(refills) == len(batch) - 3  # every later prompt took a finished row
+    assert all(size <= 2 for size in sizes)  # once the queue is empty the batch shrinks
+
+
+def test_max_steps_counts_each_prompts_own_steps():
+    model = fitted("llama", 4)
+    batch = batch_prompts(15, 5)
+    steps = list(model.medusa_generate(batch, batch_size=2, max_steps=3, eos_token_id=[]))
+    assert [sum(rows[i] is not None for rows in steps) for i in range(len(batch))] == [3] * len(batch)
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        model.generate(batch, batch_size=0)
+
+
+def test_continuous_batching_with_lossless_sampling_is_reproducible():
+    model = fitted("qwen2", 4)
+    batch = batch_prompts(16, 5)
+    runs = [model.generate(batch, batch_size=2, temperature=0.8, max_new_tokens=15, eos_token_id=[],
+                           generator=torch.Generator().manual_seed(seed)) for seed in (5, 5)]
+    assert runs[0] == runs[1] and all(len(row) == 15 for row in runs[0])

@@ -226,9 +226,9 @@ def test_batched_generate_asks_the_policy_at_each_batch_size():
     expected = [ref[: next((i + 1 for i, t in enumerate(ref) if t in eos), len(ref))] for ref in references]
     outputs, steps = [[] for _ in batch], []
     for rows in model.medusa_generate(batch, max_new_tokens=40, eos_token_id=eos, tree_policy=policy):
-        steps.append([row["accept_length"] for row in rows if row["accept_length"] is not None])
+        steps.append([row["accept_length"] for row in rows if row is not None])
         for output, row in zip(outputs, rows):
-            output += row["new_token_ids"]
+            output += row["new_token_ids"] if row else []
     assert outputs == expected
     step_sizes = policy.asked[-len(steps):]  # one question per step, after those medusa_generate asks up front
     assert step_sizes[0] == 7 and step_sizes[-1] <= 2

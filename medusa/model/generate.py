@@ -124,21 +124,25 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
                     max_new_tokens: int | None = None, medusa_choices=None, posterior_threshold: float = 0.09,
                     posterior_alpha: float = 0.3, eos_token_id: int | list[int] | None = None,
                     generator: torch.Generator | None = None, sampling: str | None = None, top_k: int = 0,
-                    top_p: float = 1.0, cuda_graph: bool | None = None, tree_policy=None) -> Iterator:
+                    top_p: float = 1.0, cuda_graph: bool | None = None, tree_policy=None,
+                    batch_size: int | None = None) -> Iterator:
     """Generate with Medusa heads, yielding after every step.
 
     Args:
         model: a :class:`~medusa.model.MedusaModel`.
         input_ids: ``[1, prompt_len]`` for one streamed prompt; ``[batch, prompt_len]`` or a list of
             1-D token id sequences (any lengths) for a batch, each row decoded as if alone.
+        batch_size: most prompts decoded at once (default: all). With more prompts than that, a
+            row that finishes takes the next waiting prompt (continuous batching), so the batch
+            stays full until the queue is empty.
         temperature: 0 for greedy (output equals plain greedy decoding of the base model); above 0,
             sampling from the base distribution at this temperature, cut by ``top_k`` / ``top_p``.
         sampling: ``"greedy"`` (temperature 0), ``"lossless"`` (the default above temperature 0:
             output distributed exactly as sampling from the base model) or ``"typical"`` (typical
             acceptance with ``posterior_threshold`` (epsilon) and ``posterior_alpha``; lossy, accepts
             more). See docs/sampling.md.
-        max_steps: most tree steps; max_new_tokens: most new tokens per row (default: what the
-            steps and the context allow).
+        max_steps: most tree steps per prompt; max_new_tokens: most new tokens per prompt (default:
+            what the steps and the context allow).
         medusa_choices: the tree at every batch size (preset name, JSON string, JSON file, list of
             paths, ``"none"`` for no speculation: the library's plain greedy loop). None: the tree
             policy's choice for the current batch size, else the default preset.
@@ -155,24 +159,27 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
         For one prompt, a dict with ``text`` (whole reply so far, special tokens skipped; None
         without a tokenizer), ``new_text``, ``new_token_ids`` (tokens this step added),
         ``accept_length`` (tokens accepted from the heads this step) and ``num_new_tokens``. For a
-        batch, a list with one such dict per prompt (``text`` None; ``accept_length`` None and no new
-        tokens for rows that had already finished) plus ``finished``. A row stops after EOS (tokens
-        accepted after it are dropped) or at the token limit.
+        batch, a list with one entry per prompt: such a dict (``text`` None) plus ``finished`` for
+        the prompts decoded in this step, None for the others (waiting or finished). A prompt stops
+        after EOS (tokens accepted after it are dropped) or at its token or step limit.
     """
     prompts, single = _prompt_list(input_ids)
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
+    batch_size = min(batch_size or len(prompts), len(prompts))
     sampling = resolve_sampling(sampling, temperature, top_k, top_p)
     trees = _tree_chooser(model, medusa_choices, tree_policy)
-    sizes = [trees(n).num_nodes for n in range(1, len(prompts) + 1)]
+    sizes = [trees(n).num_nodes for n in range(1, batch_size + 1)]
     longest = max(p.shape[0] for p in prompts)
-    depth = max(trees(n).depth for n in range(1, len(prompts) + 1))
+    depth = max(trees(n).depth for n in range(1, batch_size + 1))
     budget = _token_budget(model, longest, max(sizes), depth, max_steps, max_new_tokens)
     device = model.lm_head.weight.device
     if cuda_graph is None:
         cuda_graph = device.type == "cuda" and sampling == "greedy"
     if cuda_graph and (device.type != "cuda" or sampling != "greedy"):
         raise ValueError("cuda_graph=True needs a CUDA model and greedy decoding (temperature 0).")
-    decoder = _decode(model, trees, [p.to(device) for p in prompts], longest + budget + max(sizes), budget, max_steps,
-                      _eos_ids(model, eos_token_id), cuda_graph, sampling=sampling, temperature=temperature,
+    decoder = _decode(model, trees, [p.to(device) for p in prompts], batch_size, longest + budget + max(sizes), budget,
+                      max_steps, _eos_ids(model, eos_token_id), cuda_graph, sampling=sampling, temperature=temperature,
                       top_k=top_k, top_p=top_p, posterior_threshold=posterior_threshold,
                       posterior_alpha=posterior_alpha, generator=generator)
     yield from (_single(model.tokenizer, decoder) if single else decoder)
@@ -226,23 +233,29 @@ def prefill(model, prompts: list[torch.Tensor], cache: MedusaKVCache) -> torch.T
     return hidden
 
 
-def _decode(model, trees, prompts: list[torch.Tensor], capacity: int, budget: int, max_steps: int, eos: set[int],
-            cuda_graph: bool, **decoding) -> Iterator[list[dict]]:
-    """Prefill all prompts in one right-padded forward, then batched steps; see :func:`medusa_generate`."""
-    device, batch = prompts[0].device, len(prompts)
-    with ExitStack() as stack:
-        cache, graphs = stack.enter_context(model.decode_cache(capacity, batch))
-        hidden = prefill(model, prompts, cache)
+def _decode(model, trees, prompts: list[torch.Tensor], batch_size: int, capacity: int, budget: int, max_steps: int,
+            eos: set[int], cuda_graph: bool, **decoding) -> Iterator[list[dict | None]]:
+    """Prefill the first ``batch_size`` prompts in one right-padded forward, then batched steps; rows that
+    finish take the next waiting prompts, and once none wait, leave the batch. See :func:`medusa_generate`."""
+    device = prompts[0].device
+    waiting = list(range(len(prompts)))[::-1]  # prompt indices, next one last
+    outputs: list[list[int]] = [[] for _ in prompts]
+    steps = [0] * len(prompts)
+    lengths = [p.shape[0] for p in prompts]  # each prompt's committed cache length
+
+    def start(cache: MedusaKVCache):
+        """Prefill the next ``cache.batch_size`` waiting prompts into ``cache``: (their indices, roots, head logits)."""
+        new = [waiting.pop() for _ in range(cache.batch_size)]
+        hidden = prefill(model, [prompts[i] for i in new], cache)
         root = choose_root(model.lm_logits(hidden), decoding["temperature"], decoding["top_k"], decoding["top_p"],
                            decoding["generator"])
-        head_logits = model.head_logits(hidden).transpose(0, 1)
+        return new, root, model.head_logits(hidden).transpose(0, 1)
 
-        rows = list(range(batch))  # the prompt each cache row decodes; finished rows stay until dropped
-        lengths = [p.shape[0] for p in prompts]
-        outputs: list[list[int]] = [[] for _ in prompts]
-        finished = [False] * batch
-        active = torch.ones(batch, dtype=torch.bool, device=device)
-        for _ in range(max_steps):
+    with ExitStack() as stack:
+        cache, graphs = stack.enter_context(model.decode_cache(capacity, batch_size))
+        rows, root, head_logits = start(cache)  # rows[r]: the prompt in cache row r (None once finished)
+        active = torch.ones(batch_size, dtype=torch.bool, device=device)
+        while True:
             buffers = trees(cache.batch_size)
             step = partial(tree_step, model, buffers, cache, **decoding)
             cache.check_capacity(buffers.num_nodes)
@@ -254,34 +267,51 @@ def _decode(model, trees, prompts: list[torch.Tensor], capacity: int, budget: in
             tokens, accept_length, root, head_logits = step(root, head_logits, active)
             host = torch.cat([accept_length[:, None], tokens], dim=1).tolist()  # the step's one host sync
 
-            report = [{"new_token_ids": [], "accept_length": None, "num_new_tokens": len(o), "finished": f}
-                      for o, f in zip(outputs, finished)]
+            report: list[dict | None] = [None] * len(prompts)
+            done = []  # cache rows whose prompt finished this step
             for r, (accepted, *path) in enumerate(host):
                 i = rows[r]
-                if finished[i]:
+                if i is None:
                     continue
                 lengths[i] += accepted + 1
+                steps[i] += 1
                 new_ids = path[: accepted + 1]
+                finished = steps[i] >= max_steps
                 for j, token in enumerate(new_ids):
                     if token in eos:
-                        new_ids, finished[i] = new_ids[: j + 1], True
+                        new_ids, finished = new_ids[: j + 1], True
                         break
                 if len(outputs[i]) + len(new_ids) >= budget:
-                    new_ids, finished[i] = new_ids[: budget - len(outputs[i])], True
+                    new_ids, finished = new_ids[: budget - len(outputs[i])], True
                 outputs[i] += new_ids
                 report[i] = {"new_token_ids": new_ids, "accept_length": accepted, "num_new_tokens": len(outputs[i]),
-                             "finished": finished[i]}
+                             "finished": finished}
+                if finished:
+                    done.append(r)
             yield report
-            live = [r for r, i in enumerate(rows) if not finished[i]]
+            if not done:
+                continue
+            for r in done:
+                rows[r] = None
+            if waiting:  # refill: prefill waiting prompts apart, then copy them into the finished rows
+                free = done[: len(waiting)]
+                longest = max(prompts[i].shape[0] for i in waiting[-len(free):])
+                fresh = MedusaKVCache.for_model(model.base_model, longest, len(free))
+                new, fresh_root, fresh_heads = start(fresh)
+                index = torch.tensor(free, device=device)
+                fresh.copy_rows_to(cache, torch.arange(len(free), device=device), index)
+                root, head_logits = root.index_copy(0, index, fresh_root), head_logits.index_copy(0, index, fresh_heads)
+                for r, i in zip(free, new):
+                    rows[r] = i
+            live = [r for r, i in enumerate(rows) if i is not None]
             if not live:
                 return
-            cache.host_length = max(lengths[rows[r]] for r in live)
-            if len(live) < cache.batch_size:
-                keep = live + [r for r in range(cache.batch_size) if r not in live][: _bucket(len(live)) - len(live)]
-                if len(keep) < cache.batch_size:  # drop finished rows: copy the rest into a smaller cache
-                    index = torch.tensor(keep, device=device)
-                    smaller, graphs = stack.enter_context(model.decode_cache(capacity, len(keep)))
-                    cache.copy_rows_to(smaller, index)
-                    cache, root, head_logits = smaller, root[index], head_logits[index]
-                    rows = [rows[r] for r in keep]
-                active = torch.tensor([not finished[i] for i in rows], device=device)
+            keep = live + [r for r, i in enumerate(rows) if i is None][: _bucket(len(live)) - len(live)]
+            if len(keep) < cache.batch_size:  # drop finished rows: copy the rest into a smaller cache
+                index = torch.tensor(keep, device=device)
+                smaller, graphs = stack.enter_context(model.decode_cache(capacity, len(keep)))
+                cache.copy_rows_to(smaller, index)
+                cache, root, head_logits = smaller, root[index], head_logits[index]
+                rows = [rows[r] for r in keep]
+            cache.host_length = max(lengths[i] for i in rows if i is not None)
+            active = torch.tensor([i is not None for i in rows], device=device)

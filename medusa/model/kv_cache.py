@@ -149,11 +149,18 @@ class MedusaKVCache(Cache):
         self.buffer.scatter_(4, dst, self.buffer.gather(4, src))
         self.length += num_accepted
 
-    def copy_rows_to(self, target: "MedusaKVCache", rows: torch.Tensor) -> None:
-        """Copy ``rows`` ``[target.batch_size]`` of this cache into ``target`` (to drop finished sequences)."""
-        target.buffer.copy_(self.buffer.index_select(2, rows))
-        target.length.copy_(self.length.index_select(0, rows))
-        target.host_length = self.host_length
+    def copy_rows_to(self, target: "MedusaKVCache", rows: torch.Tensor, target_rows: torch.Tensor | None = None) -> None:
+        """Copy ``rows`` ``[n]`` of this cache (entries and lengths) into rows ``target_rows`` of ``target``.
+
+        Without ``target_rows``, into all of ``target``'s rows (``n == target.batch_size``): dropping
+        finished sequences. With them, into those rows only: starting waiting prompts in a running
+        batch. This cache may be shorter than ``target``; the caller sets ``target.host_length``.
+        """
+        entries = self.buffer.index_select(2, rows)
+        if target_rows is None:
+            target_rows = torch.arange(target.batch_size, device=rows.device)
+        target.buffer[..., : self.capacity, :].index_copy_(2, target_rows, entries)
+        target.length.index_copy_(0, target_rows, self.length.index_select(0, rows))
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.host_length

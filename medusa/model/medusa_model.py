@@ -181,13 +181,14 @@ class MedusaModel(nn.Module):
     def generate(self, prompts, **kwargs) -> list[list[int]]:
         """Decode a batch without streaming: the new token ids of each prompt (a list of 1-D id sequences or ``[batch, len]``).
 
-        Takes :func:`~medusa.model.generate.medusa_generate`'s keyword arguments.
+        Takes :func:`~medusa.model.generate.medusa_generate`'s keyword arguments (``batch_size`` for
+        continuous batching of many prompts).
         """
-        prompts = [prompts[0]] if isinstance(prompts, torch.Tensor) and prompts.shape[0] == 1 else prompts
         outputs = [[] for _ in prompts]
         for rows in medusa_generate(self, list(prompts), **kwargs):
             for output, row in zip(outputs, rows):
-                output += row["new_token_ids"]
+                if row is not None:
+                    output += row["new_token_ids"]
         return outputs
 
     def greedy_generate(self, input_ids: torch.Tensor, **kwargs):
