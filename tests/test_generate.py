@@ -260,3 +260,11 @@ def test_continuous_batching_with_lossless_sampling_is_reproducible():
     runs = [model.generate(batch, batch_size=2, temperature=0.8, max_new_tokens=15, eos_token_id=[],
                            generator=torch.Generator().manual_seed(seed)) for seed in (5, 5)]
     assert runs[0] == runs[1] and all(len(row) == 15 for row in runs[0])
+
+
+@pytest.mark.parametrize("tree", [None, "none"])
+def test_generation_across_a_span_boundary_stays_greedy(tree):
+    model = fitted("llama", 4)
+    input_ids = torch.randint(3, 320, (1, 240), generator=torch.Generator().manual_seed(17))
+    tokens, _ = run(model, input_ids, max_new_tokens=NEW_TOKENS, medusa_choices=tree, eos_token_id=[])
+    assert tokens == greedy_reference(model.base_model, input_ids, NEW_TOKENS)  # 240 + 40 tokens pass slot 256

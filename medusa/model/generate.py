@@ -288,6 +288,7 @@ def _decode(model, trees, prompts: list[torch.Tensor], batch_size: int, capacity
                              "finished": finished}
                 if finished:
                     done.append(r)
+            cache.host_length = max(lengths[i] for i in rows if i is not None)
             yield report
             if not done:
                 continue
