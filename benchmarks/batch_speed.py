@@ -1,8 +1,10 @@
 """Tokens/s at several batch sizes: the library's greedy loop against Medusa with a fixed tree and with the tree policy.
 
 Rows are MT-bench first turns (cycled), each decoded to exactly ``--max-new-tokens`` (EOS ignored, so
-the batch size stays what the row says). Every mode runs the same batches; Medusa rows are also
-compared token for token with the greedy loop's.
+the batch size stays what the row says). With ``--continuous``, 4 x batch-size rows (at least 16) stop
+at EOS and go through one call with ``batch_size=`` (a finished row takes the next waiting prompt), as
+a server would run them. Every mode runs the same rows; Medusa rows are also compared token for token
+with the greedy loop's.
 
     python benchmarks/batch_speed.py --model medusa/demo_heads --base-model DIR \\
         --cost-curve cost.json --accuracies eval.json --output batch_speed.json
@@ -20,22 +22,27 @@ from medusa.model import MedusaModel, TreePolicy
 ROWS = {1: 16, 4: 16, 16: 32, 64: 64}  # rows decoded per batch size (whole batches)
 
 
+def synchronize(model) -> None:
+    if model.lm_head.weight.is_cuda:
+        torch.cuda.synchronize()
+
+
 def timed_generate(model, batch, max_new_tokens, **kwargs):
     """(outputs, steps, seconds); a 2-step call first captures this batch size's graphs at the same capacity."""
-    list(model.medusa_generate(batch, max_new_tokens=max_new_tokens, max_steps=2, eos_token_id=[], **kwargs))
-    torch.cuda.synchronize()
+    list(model.medusa_generate(batch, max_new_tokens=max_new_tokens, max_steps=2, **kwargs))
+    synchronize(model)
     start = time.perf_counter()
     outputs, steps = [[] for _ in batch], 0
-    for rows in model.medusa_generate(batch, max_new_tokens=max_new_tokens, eos_token_id=[], **kwargs):
+    for rows in model.medusa_generate(batch, max_new_tokens=max_new_tokens, **kwargs):
         steps += 1
         for output, row in zip(outputs, rows):
             if row is not None:
                 output += row["new_token_ids"]
-    torch.cuda.synchronize()
+    synchronize(model)
     return outputs, steps, time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--base-model")
@@ -45,10 +52,13 @@ def main() -> None:
     parser.add_argument("--tree", help="fixed tree for the 'medusa' mode (default: the default preset)")
     parser.add_argument("--cost-curve", help="verify-cost curve (benchmarks/verify_cost.py) for the 'policy' mode")
     parser.add_argument("--accuracies", help="heads_accuracy JSON for the 'policy' mode")
+    parser.add_argument("--continuous", action="store_true", help="continuous batching with EOS (see above)")
+    parser.add_argument("--device", default="cuda", help="cuda (bf16) or cpu (fp32, a smoke test)")
     parser.add_argument("--output")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    model = MedusaModel.from_pretrained(args.model, base_model=args.base_model, dtype=torch.bfloat16).cuda().eval()
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    model = MedusaModel.from_pretrained(args.model, base_model=args.base_model, dtype=dtype).to(args.device).eval()
     tokenizer = model.get_tokenizer()
     prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}])[0]
                for q in load_questions(args.questions)]
@@ -59,9 +69,14 @@ def main() -> None:
 
     results = []
     for batch_size in map(int, args.batch_sizes.split(",")):
-        rows = ROWS.get(batch_size, batch_size)
-        batches = [[prompts[(start + i) % len(prompts)] for i in range(batch_size)] for start in range(0, rows, batch_size)]
-        result = {"batch_size": batch_size, "rows": len(batches) * batch_size}
+        if args.continuous:
+            rows, call = max(4 * batch_size, 16), {"batch_size": batch_size}
+            batches = [[prompts[i % len(prompts)] for i in range(rows)]]
+        else:
+            rows, call = ROWS.get(batch_size, batch_size), {"eos_token_id": []}
+            batches = [[prompts[(start + i) % len(prompts)] for i in range(batch_size)]
+                       for start in range(0, rows, batch_size)]
+        result = {"batch_size": batch_size, "rows": rows, "continuous": args.continuous}
         if policy is not None:
             choice = policy.choices(batch_size)
             result["policy_tree_nodes"] = 0 if choice == "none" else len(choice)
@@ -69,7 +84,7 @@ def main() -> None:
         for mode, kwargs in modes.items():
             tokens = steps = seconds = identical = 0
             for i, batch in enumerate(batches):
-                outputs, n_steps, s = timed_generate(model, batch, args.max_new_tokens, **kwargs)
+                outputs, n_steps, s = timed_generate(model, batch, args.max_new_tokens, **call, **kwargs)
                 tokens += sum(map(len, outputs))
                 steps, seconds = steps + n_steps, seconds + s
                 if mode == "greedy":
@@ -90,8 +105,11 @@ def main() -> None:
             f"{r[m]['tok_s']:>14.0f} {r[m]['speedup']:>5.2f} {r[m]['tokens_per_step']:>8.2f}" for m in modes if m != "greedy"))
     if args.output:
         with open(args.output, "w") as f:
-            json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "max_new_tokens": args.max_new_tokens,
-                       "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "results": results}, f, indent=1)
+            cuda = args.device.startswith("cuda")
+            json.dump({"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+                       "max_new_tokens": args.max_new_tokens,
+                       "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                       "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":
