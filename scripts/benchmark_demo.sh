@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Every GPU measurement of issues 5 and 6 for one set of heads, in one go (~6 min on an H200).
+#
+#   scripts/benchmark_demo.sh BASE_DIR HEADS_DIR OUT_DIR
+#
+# Writes OUT_DIR/{eval.json,tree.json,cost.json,mt_bench.json,batch.json,batch_continuous.json,
+# profile.txt,overhead_7b.json,log.txt} (nine files: tar them to bring them back from the lent GPU).
+# Record the figures in benchmarks/RESULTS.md.
+set -uo pipefail
+BASE=$1 HEADS=$2 OUT=$3
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+M=(--model "$HEADS" --base-model "$BASE")
+{
+  # The cost curve at MT-bench-like cache sizes (prompts of ~300 tokens, 256 new tokens).
+  python3 benchmarks/verify_cost.py "${M[@]}" --batch-sizes 1,4,16,64 --tree-sizes 1,2,4,8,16,32,64 \
+      --prompt-len 300 --new-tokens 256 --iters 30 --out "$OUT/cost.json"
+  python3 -m medusa.eval.heads_accuracy "${M[@]}" --max-new-tokens 256 --batch-size 80 --build-tree 63 \
+      --cost-curve "$OUT/cost.json" --tree-output "$OUT/tree.json" --output "$OUT/eval.json"
+  python3 benchmarks/mt_bench_speed.py "${M[@]}" --limit 40 --hf-limit 4 --trees "$OUT/tree.json" \
+      --output "$OUT/mt_bench.json" | tail -n 8
+  for mode in "" --continuous; do
+    python3 benchmarks/batch_speed.py "${M[@]}" --cost-curve "$OUT/cost.json" --accuracies "$OUT/eval.json" \
+        --tree "$OUT/tree.json" $mode --output "$OUT/batch${mode:+_continuous}.json" | tail -n 5
+  done
+  python3 benchmarks/profile_step.py "${M[@]}" --tree "$OUT/tree.json" --output "$OUT/profile.txt" | grep "step"
+  python3 benchmarks/step_overhead.py --shape 7b --output "$OUT/overhead_7b.json" | grep -E "ms_per_step|overhead_c"
+} 2>&1 | grep -v "it/s\]" | tee "$OUT/log.txt"
