@@ -233,6 +233,15 @@ def prefill(model, prompts: list[torch.Tensor], cache: MedusaKVCache) -> torch.T
     return hidden
 
 
+def _new_tokens(accepted: list[int], eos: set[int], room: int) -> tuple[list[int], bool]:
+    """What a step adds to one prompt's output: its accepted tokens up to the first EOS and at most
+    ``room`` of them; and whether the prompt stops there."""
+    for j, token in enumerate(accepted):
+        if token in eos:
+            return accepted[: min(j + 1, room)], True
+    return accepted[:room], len(accepted) >= room
+
+
 def _decode(model, trees, prompts: list[torch.Tensor], batch_size: int, capacity: int, budget: int, max_steps: int,
             eos: set[int], cuda_graph: bool, **decoding) -> Iterator[list[dict | None]]:
     """Prefill the first ``batch_size`` prompts in one right-padded forward, then batched steps; rows that
@@ -275,14 +284,8 @@ def _decode(model, trees, prompts: list[torch.Tensor], batch_size: int, capacity
                     continue
                 lengths[i] += accepted + 1
                 steps[i] += 1
-                new_ids = path[: accepted + 1]
-                finished = steps[i] >= max_steps
-                for j, token in enumerate(new_ids):
-                    if token in eos:
-                        new_ids, finished = new_ids[: j + 1], True
-                        break
-                if len(outputs[i]) + len(new_ids) >= budget:
-                    new_ids, finished = new_ids[: budget - len(outputs[i])], True
+                new_ids, stopped = _new_tokens(path[: accepted + 1], eos, budget - len(outputs[i]))
+                finished = stopped or steps[i] >= max_steps
                 outputs[i] += new_ids
                 report[i] = {"new_token_ids": new_ids, "accept_length": accepted, "num_new_tokens": len(outputs[i]),
                              "finished": finished}
