@@ -195,11 +195,25 @@ def test_tree_that_does_not_fit_the_heads(tiny_heads, tree, message, monkeypatch
     _one_line_error(code, err, re.escape(message))
 
 
-@pytest.mark.skipif(find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
 @pytest.mark.parametrize("flag", ["--load-in-8bit", "--load-in-4bit"])
 def test_quantisation_without_bitsandbytes(tiny_heads, flag, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "find_spec", lambda name: None if name == "bitsandbytes" else find_spec(name))
     code, _, err = _run_main(["--model", tiny_heads, flag], monkeypatch, capsys)
     _one_line_error(code, err, re.escape(f"{flag} needs bitsandbytes: pip install 'medusa-llm[quant]'"))
+
+
+@pytest.mark.parametrize("flag, layer", [("--load-in-8bit", "Linear8bitLt"), ("--load-in-4bit", "Linear4bit")])
+def test_quantised_base_chats_on_cpu(tiny_heads, flag, layer, monkeypatch, capsys):
+    loaded = []
+    from_pretrained = cli.MedusaModel.from_pretrained
+    monkeypatch.setattr(cli.MedusaModel, "from_pretrained",
+                        lambda *a, **k: loaded.append(from_pretrained(*a, **k)) or loaded[-1])
+    code, out, err = _run_main(["--model", tiny_heads, flag, "--style", "programmatic", "--max-new-tokens", "6"],
+                               monkeypatch, capsys, stdin="hello" + END)
+    assert code == 0, err
+    attention = loaded[0].base_model.model.layers[0].self_attn
+    assert type(attention.q_proj).__name__ == layer  # the base really is quantised
+    assert out.strip()  # and it answered
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")

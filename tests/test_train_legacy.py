@@ -98,3 +98,21 @@ def test_shared_lm_head_heads_train_and_save_as_version_2(distilled, tmp_path): 
         f"{i}.0.linear.{w}" for i in range(HEADS) for w in ("weight", "bias"))  # no vocabulary projection
     model = MedusaModel.from_pretrained(str(tmp_path))
     assert model.config.shared_lm_head and summary["heads"][0]["top1"] > 0.2
+
+
+@pytest.mark.parametrize("flag, layer", [("--load_in_4bit", "Linear4bit"), ("--load_in_8bit", "Linear8bitLt")])
+def test_heads_train_on_a_quantised_frozen_base(distilled, tmp_path, flag, layer):  # noqa: F811
+    root, base = distilled
+    parser = HfArgumentParser((ModelArguments, MedusaTrainingArguments))
+    model_args, training_args = parser.parse_args_into_dataclasses(
+        ["--model_name_or_path", base, "--output_dir", str(tmp_path), "--medusa_num_heads", str(HEADS), flag])
+    model = build_medusa_model(model_args, training_args)
+    assert type(model.base_model.model.layers[0].mlp.up_proj).__name__ == layer  # bitsandbytes, on the CPU
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        f"medusa_head.{k}" for k in model.medusa_head.state_dict()}
+    train(train_args(root, base, tmp_path / "heads", 60, flag))
+    # Heads trained on the quantised base predict the full-precision base's continuations too.
+    fresh = MedusaModel(AutoModelForCausalLM.from_pretrained(base), MedusaConfig(medusa_num_heads=HEADS))
+    loss, top1 = held_out_metrics(MedusaModel.from_pretrained(str(tmp_path / "heads")), root)
+    fresh_loss, fresh_top1 = held_out_metrics(fresh, root)
+    assert (loss < 0.6 * fresh_loss).all() and (top1 > fresh_top1 + 0.1).all(), (loss, fresh_loss, top1, fresh_top1)

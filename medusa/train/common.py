@@ -27,7 +27,7 @@ def load_base_model(model_args, training_args) -> transformers.PreTrainedModel:
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=model_args.load_in_4bit, load_in_8bit=model_args.load_in_8bit,
             bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
-        kwargs["device_map"] = {"": training_args.local_process_index}
+        kwargs["device_map"] = {"": training_args.device}  # this rank's GPU, or the CPU (bitsandbytes >= 0.50)
     return transformers.AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
 
 
