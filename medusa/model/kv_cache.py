@@ -41,12 +41,13 @@ class _StaticKVLayer(CacheLayerMixin):
 
 
 class MedusaKVCache(Cache):
-    """Static KV cache with a committed length and in-place compaction of accepted tree nodes.
+    """Static KV cache for a batch: per-row committed lengths and in-place compaction of accepted tree nodes.
 
     The write offsets ``length`` ``[batch]`` live on the device, so a whole decode step (writes, mask,
     compaction) runs without reading them on the host and can be captured in a CUDA graph.
     ``host_length`` is the longest row's length, kept on the host for capacity checks; the decode
-    loop updates it once per step when it reads the accepted tokens back.
+    loop updates it once per step when it reads the accepted tokens back. Forwards attend over the
+    first ``span`` slots (:meth:`fit_span`).
 
     Args:
         num_layers, num_kv_heads, head_dim: of the base model's attention layers.
