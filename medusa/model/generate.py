@@ -297,8 +297,12 @@ def _decode(model, trees, prompts: list[torch.Tensor], batch_size: int, capacity
                 continue
             for r in done:
                 rows[r] = None
-            if waiting:  # refill: prefill waiting prompts apart, then copy them into the finished rows
-                free = done[: len(waiting)]
+            free = [r for r, i in enumerate(rows) if i is None][: len(waiting)]
+            # Refill once an eighth of the batch is free: a prefill is an eager forward (~18 ms on a
+            # GPU, DESIGN.md section 6), worth several steps, so one per finished row would cost more
+            # than the idle rows.
+            if free and len(free) >= min(max(1, batch_size // 8), len(waiting)):
+                # prefill waiting prompts apart, then copy them into the free rows
                 longest = max(prompts[i].shape[0] for i in waiting[-len(free):])
                 fresh = MedusaKVCache.for_model(model.base_model, longest, len(free))
                 new, fresh_root, fresh_heads = start(fresh)
@@ -311,7 +315,7 @@ def _decode(model, trees, prompts: list[torch.Tensor], batch_size: int, capacity
             if not live:
                 return
             keep = live + [r for r, i in enumerate(rows) if i is None][: _bucket(len(live)) - len(live)]
-            if len(keep) < cache.batch_size:  # drop finished rows: copy the rest into a smaller cache
+            if len(keep) < cache.batch_size and not waiting:  # drop finished rows into a smaller cache
                 index = torch.tensor(keep, device=device)
                 smaller, graphs = stack.enter_context(model.decode_cache(capacity, len(keep)))
                 cache.copy_rows_to(smaller, index)
