@@ -169,16 +169,16 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
     batch_size = min(batch_size or len(prompts), len(prompts))
     sampling = resolve_sampling(sampling, temperature, top_k, top_p)
     trees = _tree_chooser(model, medusa_choices, tree_policy)
-    sizes = [trees(n).num_nodes for n in range(1, batch_size + 1)]
+    used = [trees(n) for n in range(1, batch_size + 1)]  # every batch size the rows can shrink to
+    tree_size, depth = max(b.num_nodes for b in used), max(b.depth for b in used)
     longest = max(p.shape[0] for p in prompts)
-    depth = max(trees(n).depth for n in range(1, batch_size + 1))
-    budget = _token_budget(model, longest, max(sizes), depth, max_steps, max_new_tokens)
+    budget = _token_budget(model, longest, tree_size, depth, max_steps, max_new_tokens)
     device = model.lm_head.weight.device
     if cuda_graph is None:
         cuda_graph = device.type == "cuda" and sampling == "greedy"
     if cuda_graph and (device.type != "cuda" or sampling != "greedy"):
         raise ValueError("cuda_graph=True needs a CUDA model and greedy decoding (temperature 0).")
-    decoder = _decode(model, trees, [p.to(device) for p in prompts], batch_size, longest + budget + max(sizes), budget,
+    decoder = _decode(model, trees, [p.to(device) for p in prompts], batch_size, longest + budget + tree_size, budget,
                       max_steps, _eos_ids(model, eos_token_id), cuda_graph, sampling=sampling, temperature=temperature,
                       top_k=top_k, top_p=top_p, posterior_threshold=posterior_threshold,
                       posterior_alpha=posterior_alpha, generator=generator)
@@ -187,7 +187,7 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
 
 def _tree_chooser(model, medusa_choices, tree_policy):
     """``batch_size -> TreeBuffers``: the fixed tree, else the policy's, else the default preset."""
-    policy = tree_policy or getattr(model, "tree_policy", None)
+    policy = tree_policy or model.tree_policy
     if medusa_choices is not None or policy is None:
         return lambda batch_size: model.tree_buffers(medusa_choices)
     return lambda batch_size: model.tree_buffers(policy.choices(batch_size))
@@ -291,35 +291,34 @@ def _decode(model, trees, prompts: list[torch.Tensor], batch_size: int, capacity
                              "finished": finished}
                 if finished:
                     done.append(r)
-            cache.host_length = max(lengths[i] for i in rows if i is not None)
             yield report
-            if not done:
-                continue
-            for r in done:
-                rows[r] = None
-            free = [r for r, i in enumerate(rows) if i is None][: len(waiting)]
-            # Refill once an eighth of the batch is free: a prefill is an eager forward (~18 ms on a
-            # GPU, DESIGN.md section 6), worth several steps, so one per finished row would cost more
-            # than the idle rows.
-            if free and len(free) >= min(max(1, batch_size // 8), len(waiting)):
-                # prefill waiting prompts apart, then copy them into the free rows
-                longest = max(prompts[i].shape[0] for i in waiting[-len(free):])
-                fresh = MedusaKVCache.for_model(model.base_model, longest, len(free))
-                new, fresh_root, fresh_heads = start(fresh)
-                index = torch.tensor(free, device=device)
-                fresh.copy_rows_to(cache, torch.arange(len(free), device=device), index)
-                root, head_logits = root.index_copy(0, index, fresh_root), head_logits.index_copy(0, index, fresh_heads)
-                for r, i in zip(free, new):
-                    rows[r] = i
-            live = [r for r, i in enumerate(rows) if i is not None]
-            if not live:
-                return
-            keep = live + [r for r, i in enumerate(rows) if i is None][: _bucket(len(live)) - len(live)]
-            if len(keep) < cache.batch_size and not waiting:  # drop finished rows into a smaller cache
-                index = torch.tensor(keep, device=device)
-                smaller, graphs = stack.enter_context(model.decode_cache(capacity, len(keep)))
-                cache.copy_rows_to(smaller, index)
-                cache, root, head_logits = smaller, root[index], head_logits[index]
-                rows = [rows[r] for r in keep]
+            if done:
+                for r in done:
+                    rows[r] = None
+                free = [r for r, i in enumerate(rows) if i is None][: len(waiting)]
+                # Refill once an eighth of the batch is free: a prefill is an eager forward (~18 ms on
+                # a GPU, DESIGN.md section 6), worth several steps, so one per finished row would cost
+                # more than the idle rows.
+                if free and len(free) >= min(max(1, batch_size // 8), len(waiting)):
+                    # prefill waiting prompts apart, then copy them into the free rows
+                    longest = max(prompts[i].shape[0] for i in waiting[-len(free):])
+                    fresh = MedusaKVCache.for_model(model.base_model, longest, len(free))
+                    new, fresh_root, fresh_heads = start(fresh)
+                    index = torch.tensor(free, device=device)
+                    fresh.copy_rows_to(cache, torch.arange(len(free), device=device), index)
+                    root = root.index_copy(0, index, fresh_root)
+                    head_logits = head_logits.index_copy(0, index, fresh_heads)
+                    for r, i in zip(free, new):
+                        rows[r] = i
+                live = [r for r, i in enumerate(rows) if i is not None]
+                if not live:
+                    return
+                keep = live + [r for r, i in enumerate(rows) if i is None][: _bucket(len(live)) - len(live)]
+                if len(keep) < cache.batch_size and not waiting:  # drop finished rows into a smaller cache
+                    index = torch.tensor(keep, device=device)
+                    smaller, graphs = stack.enter_context(model.decode_cache(capacity, len(keep)))
+                    cache.copy_rows_to(smaller, index)
+                    cache, root, head_logits = smaller, root[index], head_logits[index]
+                    rows = [rows[r] for r in keep]
+                active = torch.tensor([i is not None for i in rows], device=device)
             cache.host_length = max(lengths[i] for i in rows if i is not None)
-            active = torch.tensor([i is not None for i in rows], device=device)
