@@ -28,7 +28,7 @@ if not __package__:  # run as `python benchmarks/verify_cost.py`: make the repos
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.step_overhead import SHAPES, random_medusa  # noqa: E402
-from medusa.eval.tree_builder import build_tree  # noqa: E402
+from medusa.eval.tree_builder import build_tree, tree_capacity  # noqa: E402
 from medusa.model import CostCurve, MedusaKVCache, MedusaModel  # noqa: E402
 from medusa.model.cuda_graph import GraphedStep  # noqa: E402
 from medusa.model.generate import prefill, tree_step  # noqa: E402
@@ -41,11 +41,6 @@ def timing_tree(num_heads: int, tree_size: int) -> list[list[int]] | str:
         return "none"
     made_up = [[0.6 ** (d + 1) * 0.5**r for r in range(MAX_TOP_K)] for d in range(num_heads)]
     return build_tree(made_up, tree_size - 1)
-
-
-def max_tree_size(num_heads: int) -> int:
-    """Largest tree (root included) ``num_heads`` heads of top-10 ranks can hold."""
-    return 1 + sum(MAX_TOP_K**d for d in range(1, num_heads + 1))
 
 
 @torch.inference_mode()
@@ -138,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         model, name = MedusaModel.from_pretrained(args.model, base_model=args.base_model, dtype=dtype), args.model
     model = model.to(device).eval()
-    limit = max_tree_size(model.config.medusa_num_heads)
+    limit = 1 + tree_capacity(model.config.medusa_num_heads, MAX_TOP_K)  # root included
     tree_sizes = sorted({1} | {t for t in args.tree_sizes if t <= limit})
     if dropped := [t for t in args.tree_sizes if t > limit]:
         print(f"skipping tree sizes {dropped}: {model.config.medusa_num_heads} heads hold at most {limit} tokens",

@@ -12,6 +12,11 @@ import heapq
 import torch
 
 
+def tree_capacity(heads: int, top_k: int) -> int:
+    """Nodes of the full tree of ``heads`` levels with ``top_k`` children each (the most a tree can have)."""
+    return sum(top_k**d for d in range(1, heads + 1))
+
+
 def build_tree(accuracies: torch.Tensor | list[list[float]], num_nodes: int) -> list[list[int]]:
     """The ``num_nodes``-node tree with the largest expected acceptance.
 
@@ -26,7 +31,7 @@ def build_tree(accuracies: torch.Tensor | list[list[float]], num_nodes: int) -> 
     if acc.ndim != 2 or acc.numel() == 0:
         raise ValueError(f"accuracies must be [heads, top_k], got shape {tuple(acc.shape)}.")
     heads, top_k = acc.shape
-    capacity = sum(top_k**d for d in range(1, heads + 1))
+    capacity = tree_capacity(heads, top_k)
     if not 1 <= num_nodes <= capacity:
         raise ValueError(f"num_nodes must be in [1, {capacity}] for {heads} heads and top-{top_k}, got {num_nodes}.")
     frontier = [(-acc[0, r].item(), (r,)) for r in range(top_k)]

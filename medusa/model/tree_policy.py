@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ..eval.tree_builder import build_tree, expected_tokens_per_step
+from ..eval.tree_builder import build_tree, expected_tokens_per_step, tree_capacity
 from .medusa_choices import MAX_TOP_K
 
 
@@ -125,9 +125,7 @@ class TreePolicy:
             raise ValueError(f"accuracies must be [heads, top_k], got shape {tuple(acc.shape)}.")
         self.accuracies = acc[:, :MAX_TOP_K]
         self.cost = cost
-        heads, top_k = self.accuracies.shape
-        capacity = sum(top_k**d for d in range(1, heads + 1))
-        self.candidate_sizes = [t for t in cost.tree_sizes if 2 <= t <= capacity + 1]
+        self.candidate_sizes = [t for t in cost.tree_sizes if 2 <= t <= tree_capacity(*self.accuracies.shape) + 1]
         # Trees and their expected tokens do not depend on the batch size: grow each candidate once.
         self._trees = {t: build_tree(self.accuracies, t - 1) for t in self.candidate_sizes}
         self._tokens = {t: expected_tokens_per_step(self.accuracies, tree) for t, tree in self._trees.items()}
