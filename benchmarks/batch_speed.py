@@ -12,34 +12,33 @@ with the greedy loop's.
 
 import argparse
 import json
-import time
 
 import torch
 
+from benchmarks.mt_bench_speed import timed
 from medusa.eval.questions import DEFAULT_QUESTIONS, load_questions, render_chat
 from medusa.model import MedusaModel, TreePolicy
 
 ROWS = {1: 16, 4: 16, 16: 32, 64: 64}  # rows decoded per batch size (whole batches)
 
 
-def synchronize(model) -> None:
-    if model.lm_head.weight.is_cuda:
-        torch.cuda.synchronize()
+def drain(stream) -> tuple[list[list[int]], int]:
+    """A batch stream's new tokens per prompt, and its number of steps."""
+    outputs, steps = None, 0
+    for rows in stream:
+        outputs = outputs or [[] for _ in rows]
+        steps += 1
+        for output, row in zip(outputs, rows):
+            if row is not None:
+                output += row["new_token_ids"]
+    return outputs, steps
 
 
 def timed_generate(model, batch, max_new_tokens, **kwargs):
     """(outputs, steps, seconds); a 2-step call first captures this batch size's graphs at the same capacity."""
     list(model.medusa_generate(batch, max_new_tokens=max_new_tokens, max_steps=2, **kwargs))
-    synchronize(model)
-    start = time.perf_counter()
-    outputs, steps = [[] for _ in batch], 0
-    for rows in model.medusa_generate(batch, max_new_tokens=max_new_tokens, **kwargs):
-        steps += 1
-        for output, row in zip(outputs, rows):
-            if row is not None:
-                output += row["new_token_ids"]
-    synchronize(model)
-    return outputs, steps, time.perf_counter() - start
+    (outputs, steps), seconds = timed(lambda: drain(model.medusa_generate(batch, max_new_tokens=max_new_tokens, **kwargs)))
+    return outputs, steps, seconds
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,10 +19,12 @@ from medusa.model import MedusaModel
 
 
 def timed(fn):
-    torch.cuda.synchronize()
+    """``(fn(), seconds)``, with the GPU (if any) synchronised before and after."""
+    synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    synchronize()
     start = time.perf_counter()
     out = fn()
-    torch.cuda.synchronize()
+    synchronize()
     return out, time.perf_counter() - start
 
 
