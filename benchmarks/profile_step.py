@@ -5,6 +5,7 @@ other), the top kernels, and the wall time of a CUDA-graph step. If the graph st
 kernel time, the step is GPU-bound and only less arithmetic helps; if more, launch gaps remain.
 
     python benchmarks/profile_step.py --model medusa/demo_heads --base-model DIR --output profile.txt
+    python benchmarks/profile_step.py --shape 7b --output profile_7b.txt   # random weights, random prompt
 """
 
 import argparse
@@ -14,6 +15,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from benchmarks.step_overhead import SHAPES, random_medusa
 from medusa.eval.questions import DEFAULT_QUESTIONS, load_questions, render_chat
 from medusa.model import MedusaModel
 
@@ -46,16 +48,23 @@ def steps(model, prompt, tree, n, cuda_graph, profiler=None):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="Medusa checkpoint (the step runs on an MT-bench prompt)")
+    source.add_argument("--shape", choices=sorted(SHAPES), help="random-weight Llama of this shape, 5 random heads, "
+                        "128-token random prompt (as benchmarks/step_overhead.py)")
     parser.add_argument("--base-model")
     parser.add_argument("--tree", help="Medusa tree (default: the default preset)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--output")
     args = parser.parse_args()
 
-    model = MedusaModel.from_pretrained(args.model, base_model=args.base_model, dtype=torch.bfloat16).cuda().eval()
-    question = load_questions(DEFAULT_QUESTIONS, 1)[0]
-    prompt = render_chat(model.get_tokenizer(), [{"role": "user", "content": question["turns"][0]}]).cuda()
+    if args.shape:
+        model = random_medusa(args.shape, 5, torch.bfloat16)
+        prompt = torch.randint(0, model.config.vocab_size, (1, 128), generator=torch.Generator().manual_seed(1)).cuda()
+    else:
+        model = MedusaModel.from_pretrained(args.model, base_model=args.base_model, dtype=torch.bfloat16).cuda().eval()
+        question = load_questions(DEFAULT_QUESTIONS, 1)[0]
+        prompt = render_chat(model.get_tokenizer(), [{"role": "user", "content": question["turns"][0]}]).cuda()
     report = []
     for name, tree in (("greedy", "none"), ("medusa", args.tree)):
         graph_ms = 1000 * steps(model, prompt, tree, args.steps, cuda_graph=True)

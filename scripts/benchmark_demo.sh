@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issues 5 and 6 for one set of heads, in one go (~6 min on an H200).
+# Every GPU measurement of issues 5 and 6 for one set of heads, in one go (~5 min on an H200). The 7B
+# random-weight figures need no heads: benchmarks/step_overhead.py --shape 7b, profile_step.py --shape 7b.
 #
 #   scripts/benchmark_demo.sh BASE_DIR HEADS_DIR OUT_DIR
 #
 # Writes OUT_DIR/{eval.json,tree.json,cost.json,mt_bench.json,batch.json,batch_continuous.json,
-# profile.txt,overhead_7b.json,log.txt} (nine files: tar them to bring them back from the lent GPU).
+# profile.txt,log.txt} (eight files: tar them to bring them back from the lent GPU).
 # Record the figures in benchmarks/RESULTS.md.
 set -uo pipefail
 BASE=$1 HEADS=$2 OUT=$3
@@ -25,5 +26,4 @@ M=(--model "$HEADS" --base-model "$BASE")
         --tree "$OUT/tree.json" $mode --output "$OUT/batch${mode:+_continuous}.json" | tail -n 5
   done
   python3 benchmarks/profile_step.py "${M[@]}" --tree "$OUT/tree.json" --output "$OUT/profile.txt" | grep "step"
-  python3 benchmarks/step_overhead.py --shape 7b --output "$OUT/overhead_7b.json" | grep -E "ms_per_step|overhead_c"
 } 2>&1 | grep -v "it/s\]" | tee "$OUT/log.txt"

@@ -7,9 +7,10 @@
 # lm_head, 3 and 5 heads), eval (head accuracy and simulated tokens/step on MT-bench first turns).
 # Default: all three. Each training run writes WORK_DIR/heads_<type>_<n>/ with training_summary.json;
 # eval writes WORK_DIR/eval_<type>_<n>.json.
-# Environment: CONFIGS (type:heads list), EPOCHS (2), BATCH (per-device batch, 16), DATA_TIMEOUT (seconds
-# of data generation, then stop cleanly and keep what is written; a rerun resumes), COST_CURVE (a
-# benchmarks/verify_cost.py curve: eval also picks the tree size from it).
+# Environment: CONFIGS (type:heads list), EPOCHS (2), BATCH (per-device batch, 16), DATA_BATCH (decoding
+# batch of the data stage, 128), DATA_TIMEOUT (seconds of data generation, then stop cleanly and keep
+# what is written; a rerun resumes), COST_CURVE (a benchmarks/verify_cost.py curve: eval also picks the
+# tree size from it).
 set -euo pipefail
 BASE=$1 PROMPTS=$2 WORK=$3 N=${4:-3000}
 shift $(( $# < 4 ? $# : 4 ))
@@ -25,7 +26,7 @@ random.Random(0).shuffle(lines)
 open(sys.argv[3], "w").write("\n".join(lines[: int(sys.argv[2])]) + "\n")
 PY
   timeout --preserve-status -s INT "${DATA_TIMEOUT:-0}" python3 data_generation/generate.py --model "$BASE" --input "$WORK/prompts.jsonl" \
-      --output "$WORK/distilled.jsonl" --max-new-tokens 512 --batch-size 128 --dtype bfloat16 || [[ $? == 130 ]]
+      --output "$WORK/distilled.jsonl" --max-new-tokens 512 --batch-size ${DATA_BATCH:-128} --dtype bfloat16 || [[ $? == 130 ]]
   python3 - "$WORK" <<'PY'
 import random, sys
 lines = open(f"{sys.argv[1]}/distilled.jsonl").read().split("\n")[:-1]  # written by prompt length: shuffle first
