@@ -220,6 +220,16 @@ def test_steps_attend_only_over_the_filled_part_of_the_cache(monkeypatch):
     assert tokens == greedy_reference(model.base_model, input_ids, len(tokens))
 
 
+def test_a_longer_call_at_least_doubles_the_pooled_cache_up_to_the_context():
+    model = random_heads(tiny_model("llama", seed=11), 4, "own_lm_head", seed=11)  # fresh pool; context 1024
+    input_ids = prompts(101, 1)[0]
+    for max_new_tokens, capacity in ((300, 512), (400, 512), (500, 1024), (900, 1024)):
+        # prompt (< 24) + 500 + tree (< 64) needs 768 slots: doubling gives 1024; 2 x 1024 would pass the context
+        tokens, _ = run(model, input_ids, max_new_tokens=max_new_tokens, max_steps=3, eos_token_id=[])
+        assert model._decode_caches[1].capacity == capacity
+        assert tokens == greedy_reference(model.base_model, input_ids, len(tokens))
+
+
 @pytest.mark.parametrize("tree, batch_size, count", [(None, 3, 9), ("none", 3, 9), (None, 16, 40)])
 def test_continuous_batching_refills_finished_rows_and_stays_greedy(tree, batch_size, count, monkeypatch):
     model = fitted("llama", 4)

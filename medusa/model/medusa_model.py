@@ -152,10 +152,14 @@ class MedusaModel(nn.Module):
 
         Kept for reuse, one per batch size (capacity rounded up to a multiple of 256 and shared by
         all, so graphs are captured once for many prompts and rows can move between batch sizes); a
-        call made while another generation holds that cache gets a private one.
+        call made while another generation holds that cache gets a private one. A call longer than
+        the pool moves every batch size to at least twice the capacity (at most the model's context),
+        so a workload of growing prompts drops and recaptures its graphs only a few times.
         """
         pooled = list(self._decode_caches.values())
-        if pooled and pooled[0].capacity < capacity:  # a longer call: every batch size moves to a larger capacity
+        if pooled and pooled[0].capacity < capacity:
+            context = getattr(self.base_model.config.get_text_config(), "max_position_embeddings", None) or capacity
+            capacity = max(capacity, min(2 * pooled[0].capacity, context))
             self._decode_caches, self._graphs = {}, {}
         capacity = max([-(-capacity // 256) * 256] + [c.capacity for c in self._decode_caches.values()])
         cache = self._decode_caches.get(batch_size)
