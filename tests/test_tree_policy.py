@@ -8,7 +8,7 @@ import torch
 from benchmarks.verify_cost import main as verify_cost_main
 from medusa.eval.heads_accuracy import main as heads_accuracy_main
 from medusa.eval.tree_builder import build_tree, expected_tokens_per_step
-from medusa.model import CostCurve, TreePolicy
+from medusa.model import CheckpointError, CostCurve, MedusaModel, TreePolicy
 from tests.fitting import greedy_reference
 from tests.test_generate import batch_prompts, fitted, prompts, run
 from tests.test_heads_accuracy import command_line
@@ -237,6 +237,38 @@ def test_batched_generate_asks_the_policy_at_each_batch_size():
         assert max(accepted) <= (0 if choice == "none" else max(map(len, choice)))
     assert {policy.choices(s) == "none" for s in step_sizes} == {True, False}
     assert max(a for accepted in steps for a in accepted) >= 1
+
+
+def test_a_checkpoint_with_policy_files_loads_with_its_policy(tmp_path):
+    model = fitted("llama", 4)
+    model.save_pretrained(tmp_path)
+    assert MedusaModel.from_pretrained(str(tmp_path), base_model=model.base_model).tree_policy is None
+    # A large tree at 1 row, a small one at 16, none at 64.
+    cost = curve(lambda b, t: {1: 10.0, 4: 10.0, 16: 10.0 + t, 64: 10.0 + 100 * (t > 1)}[b])
+    (tmp_path / "heads_accuracy.json").write_text(json.dumps({"accuracy": ACC}))
+    cost.save(tmp_path / "verify_cost.json")
+    loaded = MedusaModel.from_pretrained(str(tmp_path), base_model=model.base_model)
+    expected = TreePolicy(ACC, cost)
+    assert [loaded.tree_policy.choices(b) for b in BATCHES] == [expected.choices(b) for b in BATCHES]
+    assert len(expected.choices(1)) > len(expected.choices(16)) > 0 and expected.choices(64) == "none"
+    input_ids = prompts(100, 4)[1]
+    tokens, accepted = run(loaded, input_ids, max_new_tokens=30, eos_token_id=[])
+    assert tokens == greedy_reference(model.base_model, input_ids, 30) and max(accepted) >= 2
+    assert (tokens, accepted) == run(loaded, input_ids, max_new_tokens=30, eos_token_id=[],
+                                     medusa_choices=expected.choices(1))
+
+
+@pytest.mark.parametrize("accuracy, message", [(ACC[:3], "measures 3 heads; the checkpoint has 4"),
+                                               ("{", "heads_accuracy.json: not JSON"),
+                                               ([[0.5, 2.0]] * 4, "heads_accuracy.json: .*accurac")])
+def test_bad_policy_files_are_a_checkpoint_error_naming_the_file(tmp_path, accuracy, message):
+    model = fitted("llama", 4)
+    model.save_pretrained(tmp_path)
+    text = accuracy if isinstance(accuracy, str) else json.dumps({"accuracy": accuracy})
+    (tmp_path / "heads_accuracy.json").write_text(text)
+    curve(lambda b, t: 5.0).save(tmp_path / "verify_cost.json")
+    with pytest.raises(CheckpointError, match=message):
+        MedusaModel.from_pretrained(str(tmp_path), base_model=model.base_model)
 
 
 def test_verify_cost_measures_a_loadable_curve_on_cpu(tmp_path, capsys):

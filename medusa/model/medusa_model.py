@@ -15,6 +15,10 @@ from .heads import MedusaHeads
 from .kv_cache import MedusaKVCache
 from .medusa_choices import resolve_medusa_choices
 from .tree import TreeBuffers, generate_medusa_buffers, root_only_buffers
+from .tree_policy import TreePolicy
+
+# Beside the heads, these two files give the model a tree policy (``model.tree_policy``) on loading.
+POLICY_FILES = ("heads_accuracy.json", "verify_cost.json")  # heads_accuracy --output, verify_cost.py --out
 
 
 class MedusaModel(nn.Module):
@@ -64,8 +68,13 @@ class MedusaModel(nn.Module):
             hf_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` for the base (``dtype``,
                 ``device_map``, ``quantization_config``, ...).
 
+        With ``heads_accuracy.json`` and ``verify_cost.json`` beside the heads, ``model.tree_policy`` is
+        set from them: generation without ``medusa_choices`` then picks the tree for each batch size
+        (docs/trees.md). The cost curve is that of the GPU it was measured on.
+
         Raises:
-            checkpoint.CheckpointError: no heads, or heads that do not match (names the keys).
+            checkpoint.CheckpointError: no heads, heads that do not match (names the keys), or policy
+                files that are malformed or measure another number of heads.
         """
         raw = checkpoint.read_config(path)
         state_dict = checkpoint.read_heads_state_dict(path)
@@ -83,6 +92,16 @@ class MedusaModel(nn.Module):
         config = checkpoint.resolve_config(raw, state_dict, text_config.hidden_size, vocab_size)
         model = cls(base_model, config)
         checkpoint.load_heads_strict(model.medusa_head, state_dict)
+        accuracy, cost = (os.path.join(path, name) for name in POLICY_FILES)
+        if os.path.isfile(accuracy) and os.path.isfile(cost):
+            try:
+                model.tree_policy = TreePolicy.load(accuracy, cost)
+            except ValueError as e:
+                raise checkpoint.CheckpointError(str(e)) from None
+            if model.tree_policy.accuracies.shape[0] != config.medusa_num_heads:
+                raise checkpoint.CheckpointError(
+                    f"{accuracy} measures {model.tree_policy.accuracies.shape[0]} heads; the checkpoint has "
+                    f"{config.medusa_num_heads}.")
         return model
 
     def save_pretrained(self, path: str) -> None:

@@ -123,6 +123,8 @@ class TreePolicy:
         acc = torch.as_tensor(accuracies, dtype=torch.float64)
         if acc.ndim != 2 or acc.numel() == 0:
             raise ValueError(f"accuracies must be [heads, top_k], got shape {tuple(acc.shape)}.")
+        if not ((acc >= 0) & (acc <= 1)).all():  # NaN fails too
+            raise ValueError("accuracies must be probabilities in [0, 1].")
         self.accuracies = acc[:, :MAX_TOP_K]
         self.cost = cost
         self.candidate_sizes = [t for t in cost.tree_sizes if 2 <= t <= tree_capacity(*self.accuracies.shape) + 1]
@@ -135,11 +137,18 @@ class TreePolicy:
     def load(cls, accuracies_path: str, cost_path: str) -> "TreePolicy":
         """From ``heads_accuracy --output`` JSON (its ``accuracy`` field) and a :class:`CostCurve` file."""
         with open(accuracies_path) as f:
-            data = json.load(f)
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{accuracies_path}: not JSON ({e}).") from None
         if not isinstance(data, dict) or "accuracy" not in data:
             raise ValueError(f"{accuracies_path}: expected the JSON of `python -m medusa.eval.heads_accuracy --output` "
                              "(an object with an 'accuracy' field, [heads][top_k]).")
-        return cls(data["accuracy"], CostCurve.load(cost_path))
+        cost = CostCurve.load(cost_path)
+        try:
+            return cls(data["accuracy"], cost)
+        except ValueError as e:
+            raise ValueError(f"{accuracies_path}: {e}") from None
 
     def speedup(self, batch_size: int, tree_size: int) -> float:
         """Expected speedup over plain decoding of the ``tree_size``-token tree at ``batch_size`` rows."""
