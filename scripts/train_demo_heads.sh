@@ -7,7 +7,8 @@
 # lm_head, 3 and 5 heads), eval (head accuracy and simulated tokens/step on MT-bench first turns).
 # Default: all three. Each training run writes WORK_DIR/heads_<type>_<n>/ with training_summary.json;
 # eval writes WORK_DIR/eval_<type>_<n>.json.
-# Environment: CONFIGS (type:heads list), EPOCHS (2), BATCH (per-device batch, 16), DATA_BATCH (decoding
+# Environment: CONFIGS (type:heads[:layers] list; layers default to 1; shared_lm_head:3:2 writes
+# heads_shared_lm_head_3_l2), EPOCHS (2), BATCH (per-device batch, 16), DATA_BATCH (decoding
 # batch of the data stage, 128), DATA_TIMEOUT (seconds of data generation, then stop cleanly and keep
 # what is written; a rerun resumes), COST_CURVE (a benchmarks/verify_cost.py curve: eval also picks the
 # tree size from it).
@@ -37,20 +38,22 @@ PY
 fi
 
 for config in ${CONFIGS:-shared_lm_head:3 shared_lm_head:5 own_lm_head:3 own_lm_head:5}; do
-  type=${config%:*} heads=${config#*:}
+  IFS=: read -r type heads layers <<< "$config"
+  layers=${layers:-1} name=${type}_${heads}
+  [[ $layers == 1 ]] || name+=_l$layers
   if [[ " $STAGES " == *" train "* ]]; then
     python3 medusa/train/train_legacy.py --model_name_or_path "$BASE" \
         --data_path "$WORK/train.jsonl" --eval_data_path "$WORK/eval.jsonl" --bf16 True \
-        --output_dir "$WORK/heads_${type}_${heads}" --num_train_epochs ${EPOCHS:-2} \
+        --output_dir "$WORK/heads_${name}" --num_train_epochs ${EPOCHS:-2} \
         --per_device_train_batch_size ${BATCH:-16} --per_device_eval_batch_size ${BATCH:-16} --gradient_accumulation_steps 1 \
         --learning_rate 1e-3 --weight_decay 0.0 --warmup_ratio 0.1 --lr_scheduler_type cosine \
         --logging_steps 50 --save_strategy no --eval_strategy no --model_max_length 1024 \
-        --medusa_num_heads "$heads" --medusa_num_layers 1 --medusa_head_type "$type" \
+        --medusa_num_heads "$heads" --medusa_num_layers "$layers" --medusa_head_type "$type" \
         --dataloader_num_workers 2 --report_to none
   fi
   if [[ " $STAGES " == *" eval "* ]]; then
-    python3 -m medusa.eval.heads_accuracy --model "$WORK/heads_${type}_${heads}" --base-model "$BASE" \
+    python3 -m medusa.eval.heads_accuracy --model "$WORK/heads_${name}" --base-model "$BASE" \
         --max-new-tokens 256 --batch-size 80 --build-tree 63 ${COST_CURVE:+--cost-curve "$COST_CURVE"} \
-        --tree-output "$WORK/tree_${type}_${heads}.json" --output "$WORK/eval_${type}_${heads}.json"
+        --tree-output "$WORK/tree_${name}.json" --output "$WORK/eval_${name}.json"
   fi
 done

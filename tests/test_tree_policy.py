@@ -256,6 +256,9 @@ def test_a_checkpoint_with_policy_files_loads_with_its_policy(tmp_path):
     assert tokens == greedy_reference(model.base_model, input_ids, 30) and max(accepted) >= 2
     assert (tokens, accepted) == run(loaded, input_ids, max_new_tokens=30, eos_token_id=[],
                                      medusa_choices=expected.choices(1))
+    loaded.save_pretrained(tmp_path / "again")  # the policy travels with the heads
+    again = MedusaModel.from_pretrained(str(tmp_path / "again"), base_model=model.base_model)
+    assert [again.tree_policy.choices(b) for b in BATCHES] == [expected.choices(b) for b in BATCHES]
 
 
 @pytest.mark.parametrize("accuracy, message", [(ACC[:3], "measures 3 heads; the checkpoint has 4"),

@@ -1,6 +1,7 @@
 """MedusaModel: Medusa heads on a stock Hugging Face causal LM."""
 
 import inspect
+import json
 import os
 from contextlib import contextmanager
 
@@ -105,8 +106,14 @@ class MedusaModel(nn.Module):
         return model
 
     def save_pretrained(self, path: str) -> None:
-        """Write ``config.json`` + ``medusa_lm_head.safetensors`` (loads in TGI and TensorRT-LLM as is)."""
+        """Write ``config.json`` + ``medusa_lm_head.safetensors`` (loads in TGI and TensorRT-LLM as is), and
+        the tree policy's two files if the model has one."""
         checkpoint.save_heads(path, self.medusa_head, self.config)
+        if self.tree_policy is not None:
+            accuracy, cost = (os.path.join(path, name) for name in POLICY_FILES)
+            with open(accuracy, "w") as f:
+                json.dump({"accuracy": self.tree_policy.accuracies.tolist()}, f)
+            self.tree_policy.cost.save(cost)
 
     def get_tokenizer(self):
         """The base model's tokenizer, loaded from ``base_model_name_or_path`` on first use."""
