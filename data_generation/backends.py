@@ -1,10 +1,12 @@
 """Chat back ends for self-distillation: local ``transformers`` generation and OpenAI-compatible servers.
 
-Both answer a batch of conversations (message lists ending in a user turn) and return, per
-conversation, the reply text and its number of generated tokens.
+Both answer conversations (message lists ending in a user turn) with the reply text and its number
+of generated tokens: the local one a batch at a time, each reply as soon as it finishes; the server
+one a conversation per request.
 """
 
 import asyncio
+from collections.abc import Iterator
 
 import torch
 
@@ -35,7 +37,8 @@ class LocalBackend:
         self.temperature, self.max_new_tokens, self.batch_size = temperature, max_new_tokens, batch_size
         self.generator = torch.Generator(self.device).manual_seed(seed)
 
-    def answer(self, conversations: list[list[dict]]) -> list[tuple[str, int]]:
+    def answers(self, conversations: list[list[dict]]) -> Iterator[tuple[int, str, int]]:
+        """``(index, reply, generated tokens)`` for each conversation, in the order the replies finish."""
         prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=True)["input_ids"]
                    for c in conversations]
         longest = max(len(p) for p in prompts)
@@ -43,9 +46,15 @@ class LocalBackend:
         if room < 1:
             raise RuntimeError(f"A conversation of {longest} tokens leaves no room in the model's context of "
                                f"{self.context} tokens.")
-        outputs = self.model.generate(prompts, temperature=self.temperature, max_new_tokens=min(self.max_new_tokens, room),
-                                      medusa_choices="none", generator=self.generator, batch_size=self.batch_size)
-        return [(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids)) for ids in outputs]
+        outputs = [[] for _ in prompts]
+        for rows in self.model.medusa_generate(prompts, temperature=self.temperature,
+                                               max_new_tokens=min(self.max_new_tokens, room), medusa_choices="none",
+                                               generator=self.generator, batch_size=self.batch_size):
+            for i, row in enumerate(rows):
+                if row is not None:
+                    outputs[i] += row["new_token_ids"]
+                    if row["finished"]:
+                        yield i, self.tokenizer.decode(outputs[i], skip_special_tokens=True), len(outputs[i])
 
 
 class OpenAIBackend:

@@ -101,8 +101,9 @@ def opening(system: str | None) -> list[dict]:
 def run_local(backend: LocalBackend, jobs: list[Job], system: str | None, writer: Writer) -> None:
     """Groups of conversations; turn j of every conversation in a group that has one is answered together.
 
-    A group holds eight batches: the back end keeps a full batch decoding while the group's turn
-    lasts, and the group's conversations are written when its last turn is answered.
+    A group holds eight batches, so the back end keeps a full batch decoding while the group's turn
+    lasts. A conversation is written as soon as its last turn is answered: an interrupted run loses
+    only the replies in flight.
     """
     group = 8 * backend.batch_size
     for start in range(0, len(jobs), group):
@@ -112,11 +113,12 @@ def run_local(backend: LocalBackend, jobs: list[Job], system: str | None, writer
             active = [i for i, j in enumerate(batch) if turn < len(j.turns)]
             for i in active:
                 conversations[i].append({"role": "user", "content": batch[i].turns[turn]})
-            for i, (reply, n) in zip(active, backend.answer([conversations[i] for i in active])):
+            for a, reply, n in backend.answers([conversations[i] for i in active]):
+                i = active[a]
                 conversations[i].append({"role": "assistant", "content": reply})
                 tokens[i] += n
-        for job, messages, n in zip(batch, conversations, tokens):
-            writer.write(job, messages, n)
+                if turn == len(batch[i].turns) - 1:
+                    writer.write(batch[i], conversations[i], tokens[i])
 
 
 async def run_server(backend: OpenAIBackend, jobs: list[Job], system: str | None, writer: Writer) -> None:

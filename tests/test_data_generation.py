@@ -40,22 +40,24 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(tiny, monkeypatch)
     multi = next(r for r in reference if r["id"] == "p-0")["messages"]
     assert [m["role"] for m in multi] == ["user", "assistant", "user", "assistant"]  # both turns replayed
 
-    calls, answer = [], backends.LocalBackend.answer
+    replies, answers = [], backends.LocalBackend.answers
 
     def interrupted(self, conversations):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return answer(self, conversations)
+        for reply in answers(self, conversations):
+            replies.append(reply)
+            if len(replies) == 7:  # in the first group's first turn
+                raise KeyboardInterrupt
+            yield reply
 
     output = root / "resumed.jsonl"
-    monkeypatch.setattr(backends.LocalBackend, "answer", interrupted)
+    monkeypatch.setattr(backends.LocalBackend, "answers", interrupted)
     assert generate(local_args(root, base, prompts, output)) == 130
     first = read_lines(output)
-    assert 0 < len(first) < 40
+    assert 0 < len(first) < 7  # the single-turn conversations among the 6 replies out: written as they finished
+    assert all(record in reference for record in first)
     with open(output, "a") as f:  # a writer killed in the middle of a line
         f.write('{"id": "p-19", "sample": 1, "messa')
-    monkeypatch.setattr(backends.LocalBackend, "answer", answer)
+    monkeypatch.setattr(backends.LocalBackend, "answers", answers)
     assert generate(local_args(root, base, prompts, output)) == 0
     resumed = read_lines(output)
     assert resumed[: len(first)] == first  # append-only
@@ -133,7 +135,9 @@ def test_local_backend_answers_are_the_base_models_own_greedy_replies(tiny):
     tokenizer, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base)
     conversations = [[{"role": "user", "content": text}] for text in ("hello there", "a much longer question " * 6, "x")]
     conversations[1] += [{"role": "assistant", "content": "fine"}, {"role": "user", "content": "and then?"}]
-    for conversation, (reply, n) in zip(conversations, backend.answer(conversations)):
+    replies = {i: (reply, n) for i, reply, n in backend.answers(conversations)}
+    assert sorted(replies) == [0, 1, 2]
+    for conversation, (reply, n) in zip(conversations, (replies[i] for i in range(3))):
         ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_tensors="pt",
                                             return_dict=True)["input_ids"]
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
