@@ -15,14 +15,14 @@ import json
 
 import torch
 
-from benchmarks.mt_bench_speed import timed
+from benchmarks.timing import timed
 from medusa.eval.questions import DEFAULT_QUESTIONS, load_questions, render_chat
 from medusa.model import MedusaModel, TreePolicy
 
 ROWS = {1: 16, 4: 16, 16: 32, 64: 64}  # rows decoded per batch size (whole batches)
 
 
-def drain(stream) -> tuple[list[list[int]], int]:
+def drain_batch(stream) -> tuple[list[list[int]], int]:
     """A batch stream's new tokens per prompt, and its number of steps."""
     outputs, steps = None, 0
     for rows in stream:
@@ -41,7 +41,7 @@ def timed_generate(model, batch, max_new_tokens, **kwargs):
     bucket and cache span), so the timed call captures none, as in a server after its warm-up.
     """
     list(model.medusa_generate(batch, max_new_tokens=max_new_tokens, **kwargs))
-    (outputs, steps), seconds = timed(lambda: drain(model.medusa_generate(batch, max_new_tokens=max_new_tokens, **kwargs)))
+    (outputs, steps), seconds = timed(lambda: drain_batch(model.medusa_generate(batch, max_new_tokens=max_new_tokens, **kwargs)))
     return outputs, steps, seconds
 
 

@@ -2,7 +2,9 @@
 
 Every generation is timed with device synchronisation, batch size 1, temperature 0. Prints a table per
 category and overall (tokens/s of each, Medusa tokens per step, both speedups, the fraction of answers
-identical to the library's greedy loop over all their tokens, peak GPU memory) and writes JSON.
+identical to the library's greedy loop over all their tokens, peak GPU memory) and writes JSON. Then, on a
+random-weight 7B-shaped Llama with random heads, the per-step overhead c = Medusa step / greedy step - 1
+(``benchmarks/step_overhead.py``; ``--overhead-shape none`` skips it).
 
     python benchmarks/mt_bench_speed.py --model medusa/demo_heads --base-model DEMO_DIR --output speed.json
 """
@@ -10,30 +12,14 @@ identical to the library's greedy loop over all their tokens, peak GPU memory) a
 import argparse
 import collections
 import json
-import time
 
 import torch
 
+from benchmarks.step_overhead import SHAPES, measure
+from benchmarks.timing import timed
+from medusa.eval.answers import drain
 from medusa.eval.questions import DEFAULT_QUESTIONS, load_questions, render_chat
 from medusa.model import MedusaModel
-
-
-def timed(fn):
-    """``(fn(), seconds)``, with the GPU (if any) synchronised before and after."""
-    synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    synchronize()
-    start = time.perf_counter()
-    out = fn()
-    synchronize()
-    return out, time.perf_counter() - start
-
-
-def stream(generator):
-    tokens, steps = [], 0
-    for out in generator:
-        tokens += out["new_token_ids"]
-        steps += 1
-    return tokens, steps
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -43,7 +29,7 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--base-model")
@@ -54,30 +40,36 @@ def main() -> None:
     parser.add_argument("--hf-limit", type=int, default=10, help="questions also run with HF generate() (it is slow)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                         help="float32 shows whether bf16 rounding alone makes outputs differ")
+    parser.add_argument("--overhead-shape", default="7b", choices=sorted(SHAPES) + ["none"],
+                        help="also time a random-weight Llama of this shape for c = Medusa step / greedy step - 1")
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test (use --dtype float32)")
     parser.add_argument("--output")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    model = MedusaModel.from_pretrained(args.model, base_model=args.base_model, dtype=getattr(torch, args.dtype)).cuda().eval()
+    cuda = args.device.startswith("cuda")
+    model = MedusaModel.from_pretrained(args.model, base_model=args.base_model, dtype=getattr(torch, args.dtype))
+    model = model.to(args.device).eval()
     tokenizer = model.get_tokenizer()
     questions = load_questions(args.questions, args.limit)
-    prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}]).cuda() for q in questions]
+    prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}]).to(args.device) for q in questions]
     n = args.max_new_tokens
     # Warm-up at full length on the longest prompt (it sizes the pooled cache) and the shortest: together they
     # capture the graph of every cache span the timed runs reach when the prompts' lengths differ by at most n
     # (MT-bench first turns: 42-402 tokens), so no capture is timed.
     for prompt in (max(prompts, key=lambda p: p.shape[1]), min(prompts, key=lambda p: p.shape[1])):
-        stream(model.greedy_generate(prompt, max_new_tokens=n))
+        drain(model.greedy_generate(prompt, max_new_tokens=n))
         for tree in args.trees:
-            stream(model.medusa_generate(prompt, max_new_tokens=n, medusa_choices=tree))
-    torch.cuda.reset_peak_memory_stats()
+            drain(model.medusa_generate(prompt, max_new_tokens=n, medusa_choices=tree))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
 
     rows = []
     for i, (q, prompt) in enumerate(zip(questions, prompts)):
         row = {"question_id": q["question_id"], "category": q["category"]}
-        (greedy, _), row["greedy_s"] = timed(lambda: stream(model.greedy_generate(prompt, max_new_tokens=n)))
+        (greedy, _), row["greedy_s"] = timed(lambda: drain(model.greedy_generate(prompt, max_new_tokens=n)))
         row["greedy_tokens"] = len(greedy)
         for tree in args.trees:
-            (tokens, steps), seconds = timed(lambda: stream(model.medusa_generate(prompt, max_new_tokens=n, medusa_choices=tree)))
+            (tokens, steps), seconds = timed(lambda: drain(model.medusa_generate(prompt, max_new_tokens=n, medusa_choices=tree)))
             row[f"medusa[{tree}]"] = {"tokens": len(tokens), "steps": steps, "s": seconds, "identical": tokens == greedy,
                                      "first_difference": first_difference(tokens, greedy)}
         if i < args.hf_limit:
@@ -108,14 +100,22 @@ def main() -> None:
     by_category = collections.defaultdict(list)
     for r in rows:
         by_category[r["category"]].append(r)
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": args.dtype, "max_new_tokens": n,
-              "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "overall": summary(rows),
-              "categories": {c: summary(rs) for c, rs in sorted(by_category.items())}, "rows": rows}
+    result = {"gpu": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "dtype": args.dtype,
+              "max_new_tokens": n, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+              "overall": summary(rows), "categories": {c: summary(rs) for c, rs in sorted(by_category.items())},
+              "rows": rows}
     for name, s in [("overall", result["overall"])] + list(result["categories"].items()):
         medusa = "  ".join(f"{t}: {v['tok_s']:.0f} tok/s, {v['tokens_per_step']:.2f} tok/step, x{v['speedup_vs_greedy']:.2f}, "
                            f"same {v['identical_to_greedy']:.2f}" for t, v in s.items() if t.startswith("medusa"))
         print(f"{name:12s} greedy {s['greedy_tok_s']:.0f} tok/s  hf {s.get('hf_tok_s', float('nan')):.1f} tok/s  {medusa}")
-    print(f"peak memory {result['peak_memory_gib']:.2f} GiB")
+    if cuda:
+        print(f"peak memory {result['peak_memory_gib']:.2f} GiB")
+    if args.overhead_shape != "none":
+        del model
+        result["overhead"] = o = measure(args.overhead_shape, device=args.device)
+        kind = "graph" if cuda else "eager"
+        print(f"random-weight {args.overhead_shape} Llama, {o['tree']}: greedy step {o[f'greedy_{kind}_ms_per_step']:.3f} ms, "
+              f"Medusa step {o[f'medusa_{kind}_ms_per_step']:.3f} ms ({kind}): c = {o['overhead_c']:.3f}")
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=1)

@@ -9,11 +9,12 @@ reports the per-step overhead c = medusa_step / greedy_step - 1 (DESIGN.md §6).
 
 import argparse
 import json
-import time
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from benchmarks.timing import timed
+from medusa.eval.answers import drain
 from medusa.model import MedusaConfig, MedusaModel
 
 SHAPES = {
@@ -43,15 +44,49 @@ def random_medusa(shape: str, num_heads: int, dtype: torch.dtype, device: str = 
 
 def run(model, prompt, tree, new_tokens, cuda_graph):
     """(tokens, steps, seconds) of one generation, timed with device synchronisation."""
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    tokens, steps = [], 0
-    for out in model.medusa_generate(prompt, max_new_tokens=new_tokens, medusa_choices=tree, cuda_graph=cuda_graph,
-                                     eos_token_id=[]):
-        tokens += out["new_token_ids"]
-        steps += 1
-    torch.cuda.synchronize()
-    return tokens, steps, time.perf_counter() - start
+    (tokens, steps), seconds = timed(lambda: drain(model.medusa_generate(
+        prompt, max_new_tokens=new_tokens, medusa_choices=tree, cuda_graph=cuda_graph, eos_token_id=[])))
+    return tokens, steps, seconds
+
+
+def measure(shape: str = "7b", tree: str = "mc_sim_7b_63", prompt_len: int = 128, new_tokens: int = 256,
+            device: str = "cuda") -> dict:
+    """Step times of the greedy loop and of Medusa on a random-weight ``shape`` Llama with 5 random heads.
+
+    On CUDA (bf16) eager and graph-replayed steps, else eager only (fp32). ``overhead_c`` is
+    c = medusa_step / greedy_step - 1 of the graph steps where there are any. Checks first that the
+    loops give the tokens of Hugging Face ``generate`` (``identical_first_32_tokens``).
+    """
+    cuda = device.startswith("cuda")
+    model = random_medusa(shape, 5, torch.bfloat16 if cuda else torch.float32, device)
+    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(1))
+    prompt = prompt.to(device)
+    result = {"shape": shape, "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+              "prompt_len": prompt_len, "new_tokens": new_tokens, "tree": tree}
+    modes = (False, True) if cuda else (False,)
+    reference = model.base_model.generate(prompt, max_new_tokens=32, do_sample=False,
+                                          attention_mask=torch.ones_like(prompt))[0, prompt_len:].tolist()
+    checks = {}
+    for name in ("none", tree):
+        eager, _, _ = run(model, prompt, name, 32, False)
+        checks[name] = {"eager_equals_hf": eager == reference}
+        if cuda:
+            checks[name]["graph_equals_eager"] = run(model, prompt, name, 32, True)[0] == eager
+    result["identical_first_32_tokens"] = checks
+
+    for name, label in (("none", "greedy"), (tree, "medusa")):
+        for graph in modes:
+            run(model, prompt, name, 16, graph)  # warm-up (and graph capture)
+            tokens, steps, seconds = run(model, prompt, name, new_tokens, graph)
+            result[f"{label}_{'graph' if graph else 'eager'}_ms_per_step"] = 1000 * seconds / steps
+            result[f"{label}_{'graph' if graph else 'eager'}_tokens_per_step"] = len(tokens) / steps
+    for graph in modes:
+        kind = "graph" if graph else "eager"
+        result[f"overhead_c_{kind}"] = result[f"medusa_{kind}_ms_per_step"] / result[f"greedy_{kind}_ms_per_step"] - 1
+    result["overhead_c"] = result["overhead_c_graph" if cuda else "overhead_c_eager"]
+    if cuda:
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
 
 
 def main() -> None:
@@ -60,31 +95,10 @@ def main() -> None:
     parser.add_argument("--tree", default="mc_sim_7b_63")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--device", default="cuda", help="cuda (bf16, eager and graph) or cpu (fp32, eager: a smoke test)")
     parser.add_argument("--output")
     args = parser.parse_args()
-    model = random_medusa(args.shape, 5, torch.bfloat16)
-    prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), generator=torch.Generator().manual_seed(1))
-    result = {"shape": args.shape, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "tree": args.tree}
-
-    reference = model.base_model.generate(prompt.cuda(), max_new_tokens=32, do_sample=False,
-                                          attention_mask=torch.ones_like(prompt).cuda())[0, args.prompt_len:].tolist()
-    checks = {}
-    for tree in ("none", args.tree):
-        eager, _, _ = run(model, prompt, tree, 32, False)
-        graph, _, _ = run(model, prompt, tree, 32, True)
-        checks[tree] = {"eager_equals_hf": eager == reference, "graph_equals_eager": graph == eager}
-    result["identical_first_32_tokens"] = checks
-
-    for tree, name in (("none", "greedy"), (args.tree, "medusa")):
-        for graph in (False, True):
-            run(model, prompt, tree, 16, graph)  # warm-up (and graph capture)
-            tokens, steps, seconds = run(model, prompt, tree, args.new_tokens, graph)
-            result[f"{name}_{'graph' if graph else 'eager'}_ms_per_step"] = 1000 * seconds / steps
-            result[f"{name}_{'graph' if graph else 'eager'}_tokens_per_step"] = len(tokens) / steps
-    result["overhead_c_graph"] = result["medusa_graph_ms_per_step"] / result["greedy_graph_ms_per_step"] - 1
-    result["overhead_c_eager"] = result["medusa_eager_ms_per_step"] / result["greedy_eager_ms_per_step"] - 1
-    result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    result = measure(args.shape, args.tree, args.prompt_len, args.new_tokens, args.device)
     print(json.dumps(result, indent=1))
     if args.output:
         with open(args.output, "w") as f:

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issues 5 and 6 for one set of heads, in one go (~5 min on an H200). The 7B
-# random-weight figures need no heads: benchmarks/step_overhead.py --shape 7b, profile_step.py --shape 7b.
+# Every GPU measurement of issues 5 and 6 for one set of heads, in one go (~12 min on an H200: longer
+# than one call of the lent GPU, so start it with setsid in one call and collect OUT_DIR in the next).
 #
 #   scripts/benchmark_demo.sh BASE_DIR HEADS_DIR OUT_DIR
 #
 # Writes OUT_DIR/{eval.json,tree.json,cost.json,mt_bench.json,batch.json,batch_continuous.json,
-# profile.txt,log.txt} (eight files: tar them to bring them back from the lent GPU).
+# profile.txt,log.txt} (eight files: tar them to bring them back from the lent GPU); mt_bench.json also
+# holds the step overhead c of a random-weight 7B Llama.
 # Record the figures in benchmarks/RESULTS.md.
 set -uo pipefail
 BASE=$1 HEADS=$2 OUT=$3
@@ -19,8 +20,8 @@ M=(--model "$HEADS" --base-model "$BASE")
       --prompt-len 300 --new-tokens 256 --iters 30 --out "$OUT/cost.json"
   python3 -m medusa.eval.heads_accuracy "${M[@]}" --max-new-tokens 256 --batch-size 80 --build-tree 63 \
       --cost-curve "$OUT/cost.json" --tree-output "$OUT/tree.json" --output "$OUT/eval.json"
-  python3 benchmarks/mt_bench_speed.py "${M[@]}" --limit 40 --hf-limit 4 --trees "$OUT/tree.json" mc_sim_7b_63 \
-      --output "$OUT/mt_bench.json" | tail -n 8
+  python3 benchmarks/mt_bench_speed.py "${M[@]}" --limit 40 --hf-limit 4 --trees "$OUT/tree.json" mc_sim_7b_63 --overhead-shape 7b \
+      --output "$OUT/mt_bench.json" | tail -n 10
   for mode in "" --continuous; do
     python3 benchmarks/batch_speed.py "${M[@]}" --cost-curve "$OUT/cost.json" --accuracies "$OUT/eval.json" \
         --tree "$OUT/tree.json" $mode --output "$OUT/batch${mode:+_continuous}.json" | tail -n 5

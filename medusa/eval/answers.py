@@ -24,8 +24,8 @@ from .questions import render_chat
 Decoder = Callable[[torch.Tensor], tuple[list[int], int]]
 
 
-def _stream(generator) -> tuple[list[int], int]:
-    """Drain a ``medusa_generate`` stream: (all new token ids, steps)."""
+def drain(generator) -> tuple[list[int], int]:
+    """Drain a single prompt's ``medusa_generate`` stream: (all new token ids, steps)."""
     tokens, steps = [], 0
     for out in generator:
         tokens += out["new_token_ids"]
@@ -35,12 +35,12 @@ def _stream(generator) -> tuple[list[int], int]:
 
 def medusa_decoder(model, **generate_kwargs) -> Decoder:
     """Medusa decoding (``model.medusa_generate``) with ``generate_kwargs`` (tree, temperature, limits)."""
-    return lambda input_ids: _stream(model.medusa_generate(input_ids, **generate_kwargs))
+    return lambda input_ids: drain(model.medusa_generate(input_ids, **generate_kwargs))
 
 
 def greedy_decoder(model, **generate_kwargs) -> Decoder:
     """The library's one-token-per-step loop (``model.greedy_generate``) on the same cache machinery."""
-    return lambda input_ids: _stream(model.greedy_generate(input_ids, **generate_kwargs))
+    return lambda input_ids: drain(model.greedy_generate(input_ids, **generate_kwargs))
 
 
 def hf_decoder(base_model, max_new_tokens: int, temperature: float = 0.0, eos_token_id=None) -> Decoder:
