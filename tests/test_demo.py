@@ -15,7 +15,7 @@ from medusa import demo
 from medusa.eval.heads_accuracy import greedy_continuations
 from medusa.eval.questions import load_questions, render_chat
 from medusa.model import TreePolicy
-from medusa.model.medusa_model import POLICY_FILES
+from medusa.model.tree_policy import POLICY_FILES
 from tests.demo_helpers import (HAIKU_GREEDY_IDS, HAIKU_GREEDY_TEXT, HAIKU_PROMPT, SMALL_TREE, fresh_demo_heads,
                                 one_thread)
 

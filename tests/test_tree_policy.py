@@ -166,6 +166,20 @@ def test_heads_accuracy_cost_curve_grows_reports_and_writes_the_policy_tree(tmp_
     assert TreePolicy.load(tmp_path / "out.json", tmp_path / "cost.json").choices(1) == tree
 
 
+def test_heads_accuracy_save_policy_makes_the_heads_load_with_it(tmp_path, capsys):
+    CostCurve([1, 64], [1, 2, 4, 8, 16], [[1, 1, 1, 1, 1], [1, 100, 100, 100, 100]]).save(tmp_path / "cost.json")
+    args = command_line(tmp_path)
+    with pytest.raises(SystemExit):
+        heads_accuracy_main(args + ["--save-policy"])
+    assert "--save-policy needs --cost-curve" in capsys.readouterr().err
+    heads_accuracy_main(args + ["--cost-curve", str(tmp_path / "cost.json"), "--save-policy",
+                                "--output", str(tmp_path / "out.json")])
+    result = json.loads((tmp_path / "out.json").read_text())
+    model = MedusaModel.from_pretrained(str(tmp_path / "heads"))
+    assert model.tree_policy.choices(1) == build_tree(result["accuracy"], 15)
+    assert model.tree_policy.choices(64) == "none"
+
+
 def test_heads_accuracy_refuses_a_malformed_curve_before_loading_the_model(tmp_path):
     (tmp_path / "cost.json").write_text(json.dumps(GOOD | {"ms": [[1, 2]]}))
     with pytest.raises(ValueError, match="ms must be 2 rows"):

@@ -13,11 +13,13 @@ them.
 
 import argparse
 import json
+import os
 
 import torch
 from tqdm import tqdm
 
 from medusa.model import CostCurve, MedusaModel, TreePolicy, generate_medusa_buffers, resolve_medusa_choices
+from medusa.model.tree_policy import POLICY_FILES
 
 from .answer_cli import main_guard
 from .questions import DEFAULT_QUESTIONS, load_questions, render_chat
@@ -116,10 +118,15 @@ def main(argv: list[str] | None = None) -> None:
                              f"{', '.join(map(str, POLICY_BATCH_SIZES))}.")
     parser.add_argument("--tree-output", help="Where to write the grown tree (JSON list of paths; with --cost-curve, "
                                               "the policy's tree for batch size 1 unless it is none).")
+    parser.add_argument("--save-policy", action="store_true",
+                        help="With --cost-curve: write the accuracies and the curve beside the heads (heads_accuracy.json, "
+                             "verify_cost.json), so that MedusaModel.from_pretrained gives the model this tree policy.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     parser.add_argument("--output", help="Write all figures as JSON here.")
     args = parser.parse_args(argv)
+    if args.save_policy and not args.cost_curve:
+        parser.error("--save-policy needs --cost-curve.")
     cost = CostCurve.load(args.cost_curve) if args.cost_curve else None  # a malformed file fails before the model work
 
     dtype = {"auto": torch.bfloat16 if args.device.startswith("cuda") else torch.float32}.get(args.dtype) or getattr(torch, args.dtype)
@@ -169,6 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=1)
+    if args.save_policy:
+        files = [os.path.join(args.model, name) for name in POLICY_FILES]
+        policy.save(*files)
+        print(f"tree policy written beside the heads: {', '.join(files)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """MedusaModel: Medusa heads on a stock Hugging Face causal LM."""
 
 import inspect
-import json
 import os
 from contextlib import contextmanager
 
@@ -16,10 +15,7 @@ from .heads import MedusaHeads
 from .kv_cache import MedusaKVCache
 from .medusa_choices import resolve_medusa_choices
 from .tree import TreeBuffers, generate_medusa_buffers, root_only_buffers
-from .tree_policy import TreePolicy
-
-# Beside the heads, these two files give the model a tree policy (``model.tree_policy``) on loading.
-POLICY_FILES = ("heads_accuracy.json", "verify_cost.json")  # heads_accuracy --output, verify_cost.py --out
+from .tree_policy import POLICY_FILES, TreePolicy
 
 
 class MedusaModel(nn.Module):
@@ -110,10 +106,7 @@ class MedusaModel(nn.Module):
         the tree policy's two files if the model has one."""
         checkpoint.save_heads(path, self.medusa_head, self.config)
         if self.tree_policy is not None:
-            accuracy, cost = (os.path.join(path, name) for name in POLICY_FILES)
-            with open(accuracy, "w") as f:
-                json.dump({"accuracy": self.tree_policy.accuracies.tolist()}, f)
-            self.tree_policy.cost.save(cost)
+            self.tree_policy.save(*(os.path.join(path, name) for name in POLICY_FILES))
 
     def get_tokenizer(self):
         """The base model's tokenizer, loaded from ``base_model_name_or_path`` on first use."""

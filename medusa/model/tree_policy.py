@@ -20,6 +20,9 @@ import torch
 from ..eval.tree_builder import build_tree, expected_tokens_per_step, tree_capacity
 from .medusa_choices import MAX_TOP_K
 
+# Beside the heads, these two files give the model a tree policy (``model.tree_policy``) on loading.
+POLICY_FILES = ("heads_accuracy.json", "verify_cost.json")  # heads_accuracy --output, verify_cost.py --out
+
 
 class CostCurve:
     """Measured time of one decode step, in milliseconds, per batch size and tree size.
@@ -149,6 +152,12 @@ class TreePolicy:
             return cls(data["accuracy"], cost)
         except ValueError as e:
             raise ValueError(f"{accuracies_path}: {e}") from None
+
+    def save(self, accuracies_path: str, cost_path: str) -> None:
+        """Write the two files :meth:`load` reads (the accuracies as ``{"accuracy": [[...]]}``)."""
+        with open(accuracies_path, "w") as f:
+            json.dump({"accuracy": self.accuracies.tolist()}, f)
+        self.cost.save(cost_path)
 
     def speedup(self, batch_size: int, tree_size: int) -> float:
         """Expected speedup over plain decoding of the ``tree_size``-token tree at ``batch_size`` rows."""
