@@ -6,6 +6,7 @@ from functools import partial
 
 import torch
 
+from .attention import grouped_query_attention
 from .candidates import generate_candidates
 from .cuda_graph import GraphedStep
 from .kv_cache import MedusaKVCache
@@ -20,7 +21,8 @@ def _forward(model, tokens: torch.Tensor, new_mask: torch.Tensor, positions: tor
     cache.check_capacity(tokens.shape[1])
     mask = model_attention_mask(model.base_model.config, cache.length, new_mask, positions, cache.span,
                                 model.lm_head.weight.dtype)
-    return model.hidden_states(tokens, mask, positions, cache)
+    with grouped_query_attention(model.base_model.config):
+        return model.hidden_states(tokens, mask, positions, cache)
 
 
 def _per_row(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
