@@ -1,0 +1,76 @@
+"""Decode-step time with and without folding grouped query heads (medusa/model/attention.py).
+
+On a random-weight Llama of a grouped-query shape (the 135M demo shape: 9 query heads over 3 key/value
+heads), times CUDA-graph steps of the greedy loop and of Medusa at batch 1, and greedy steps of a
+full batch, once with the query heads folded at every size (ignoring ``FOLD_MIN_BYTES``) and once
+with Hugging Face's SDPA path (``repeat_kv``), in the same process.
+
+    python benchmarks/attention_ab.py --shape 135m --output attention_ab.json
+"""
+
+import argparse
+import contextlib
+import json
+
+import torch
+
+from benchmarks.step_overhead import SHAPES, random_medusa
+from benchmarks.timing import timed
+from medusa.eval.answers import drain
+from medusa.model import attention, generate
+
+
+def ms_per_step(model, prompts, tree: str, new_tokens: int, device: str) -> float:
+    """Milliseconds per step of the second of two identical calls (the first captures the graphs)."""
+    single = len(prompts) == 1
+
+    def call():
+        stream = model.medusa_generate(prompts[0] if single else prompts, max_new_tokens=new_tokens,
+                                       medusa_choices=tree, eos_token_id=[])
+        if single:
+            return drain(stream)[1]
+        return sum(1 for _ in stream)
+
+    call()
+    steps, seconds = timed(call)
+    return 1000 * seconds / steps
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="135m")
+    parser.add_argument("--prompt-len", type=int, default=300)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64, help="rows of the batched greedy timing")
+    parser.add_argument("--device", default="cuda", help="cuda (bf16), or cpu (fp32) for a smoke test")
+    parser.add_argument("--output")
+    args = parser.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    model = random_medusa(args.shape, 5, torch.bfloat16 if cuda else torch.float32, args.device)
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, model.config.vocab_size, (args.prompt_len,), generator=gen).to(args.device)
+               for _ in range(args.batch_size)]
+    single = [prompts[0][None]]
+    folded_attention = generate.grouped_query_attention
+    result = {"shape": args.shape, "device": torch.cuda.get_device_name() if cuda else "cpu",
+              "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batch_size": args.batch_size}
+    threshold = attention.FOLD_MIN_BYTES
+    for name, context in (("folded", folded_attention), ("repeat_kv", lambda config: contextlib.nullcontext())):
+        generate.grouped_query_attention = context
+        attention.FOLD_MIN_BYTES = 0  # "folded" folds at every size, whatever the library's threshold
+        model._decode_caches, model._graphs = {}, {}  # graphs captured with the other attention must not be replayed
+        try:
+            result[name] = {"greedy_b1_ms": ms_per_step(model, single, "none", args.new_tokens, args.device),
+                            "medusa_b1_ms": ms_per_step(model, single, "mc_sim_7b_63", args.new_tokens, args.device),
+                            f"greedy_b{args.batch_size}_ms": ms_per_step(model, prompts, "none", args.new_tokens,
+                                                                         args.device)}
+        finally:
+            generate.grouped_query_attention, attention.FOLD_MIN_BYTES = folded_attention, threshold
+        print(name, json.dumps(result[name]), flush=True)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
