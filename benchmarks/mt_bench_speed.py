@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overhead-shape", default="7b", choices=sorted(SHAPES) + ["none"],
                         help="also time a random-weight Llama of this shape for c = Medusa step / greedy step - 1")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test (use --dtype float32)")
+    parser.add_argument("--compile-step", action="store_true",
+                        help="greedy loop and Medusa steps (and the 7B ones) through torch.compile")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
 
@@ -53,23 +55,24 @@ def main(argv: list[str] | None = None) -> None:
     questions = load_questions(args.questions, args.limit)
     prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}]).to(args.device) for q in questions]
     n = args.max_new_tokens
+    common = {"max_new_tokens": n, "compile_step": args.compile_step}
     # Warm-up at full length on the longest prompt (it sizes the pooled cache) and the shortest: together they
     # capture the graph of every cache span the timed runs reach when the prompts' lengths differ by at most n
     # (MT-bench first turns: 42-402 tokens), so no capture is timed.
     for prompt in (max(prompts, key=lambda p: p.shape[1]), min(prompts, key=lambda p: p.shape[1])):
-        drain(model.greedy_generate(prompt, max_new_tokens=n))
+        drain(model.greedy_generate(prompt, **common))
         for tree in args.trees:
-            drain(model.medusa_generate(prompt, max_new_tokens=n, medusa_choices=tree))
+            drain(model.medusa_generate(prompt, medusa_choices=tree, **common))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
 
     rows = []
     for i, (q, prompt) in enumerate(zip(questions, prompts)):
         row = {"question_id": q["question_id"], "category": q["category"]}
-        (greedy, _), row["greedy_s"] = timed(lambda: drain(model.greedy_generate(prompt, max_new_tokens=n)))
+        (greedy, _), row["greedy_s"] = timed(lambda: drain(model.greedy_generate(prompt, **common)))
         row["greedy_tokens"] = len(greedy)
         for tree in args.trees:
-            (tokens, steps), seconds = timed(lambda: drain(model.medusa_generate(prompt, max_new_tokens=n, medusa_choices=tree)))
+            (tokens, steps), seconds = timed(lambda: drain(model.medusa_generate(prompt, medusa_choices=tree, **common)))
             row[f"medusa[{tree}]"] = {"tokens": len(tokens), "steps": steps, "s": seconds, "identical": tokens == greedy,
                                      "first_difference": first_difference(tokens, greedy)}
         if i < args.hf_limit:
@@ -101,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         by_category[r["category"]].append(r)
     result = {"gpu": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "dtype": args.dtype,
+              "compile_step": args.compile_step,
               "max_new_tokens": n, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
               "overall": summary(rows), "categories": {c: summary(rs) for c, rs in sorted(by_category.items())},
               "rows": rows}
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"peak memory {result['peak_memory_gib']:.2f} GiB")
     if args.overhead_shape != "none":
         del model
-        result["overhead"] = o = measure(args.overhead_shape, device=args.device)
+        result["overhead"] = o = measure(args.overhead_shape, device=args.device, compile_step=args.compile_step)
         kind = "graph" if cuda else "eager"
         print(f"random-weight {args.overhead_shape} Llama, {o['tree']}: greedy step {o[f'greedy_{kind}_ms_per_step']:.3f} ms, "
               f"Medusa step {o[f'medusa_{kind}_ms_per_step']:.3f} ms ({kind}): c = {o['overhead_c']:.3f}")

@@ -42,27 +42,29 @@ def random_medusa(shape: str, num_heads: int, dtype: torch.dtype, device: str = 
     return model
 
 
-def run(model, prompt, tree, new_tokens, cuda_graph):
+def run(model, prompt, tree, new_tokens, cuda_graph, compile_step=False):
     """(tokens, steps, seconds) of one generation, timed with device synchronisation."""
     (tokens, steps), seconds = timed(lambda: drain(model.medusa_generate(
-        prompt, max_new_tokens=new_tokens, medusa_choices=tree, cuda_graph=cuda_graph, eos_token_id=[])))
+        prompt, max_new_tokens=new_tokens, medusa_choices=tree, cuda_graph=cuda_graph, eos_token_id=[],
+        compile_step=compile_step)))
     return tokens, steps, seconds
 
 
 def measure(shape: str = "7b", tree: str = "mc_sim_7b_63", prompt_len: int = 128, new_tokens: int = 256,
-            device: str = "cuda") -> dict:
+            device: str = "cuda", compile_step: bool = False) -> dict:
     """Step times of the greedy loop and of Medusa on a random-weight ``shape`` Llama with 5 random heads.
 
     On CUDA (bf16) eager and graph-replayed steps, else eager only (fp32). ``overhead_c`` is
     c = medusa_step / greedy_step - 1 of the graph steps where there are any. Checks first that the
-    loops give the tokens of Hugging Face ``generate`` (``identical_first_32_tokens``).
+    loops give the tokens of Hugging Face ``generate`` (``identical_first_32_tokens``). With
+    ``compile_step`` every timed step runs through ``torch.compile`` (the checks stay uncompiled).
     """
     cuda = device.startswith("cuda")
     model = random_medusa(shape, 5, torch.bfloat16 if cuda else torch.float32, device)
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(1))
     prompt = prompt.to(device)
     result = {"shape": shape, "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-              "prompt_len": prompt_len, "new_tokens": new_tokens, "tree": tree}
+              "prompt_len": prompt_len, "new_tokens": new_tokens, "tree": tree, "compile_step": compile_step}
     modes = (False, True) if cuda else (False,)
     reference = model.base_model.generate(prompt, max_new_tokens=32, do_sample=False,
                                           attention_mask=torch.ones_like(prompt))[0, prompt_len:].tolist()
@@ -76,8 +78,8 @@ def measure(shape: str = "7b", tree: str = "mc_sim_7b_63", prompt_len: int = 128
 
     for name, label in (("none", "greedy"), (tree, "medusa")):
         for graph in modes:
-            run(model, prompt, name, 16, graph)  # warm-up (and graph capture)
-            tokens, steps, seconds = run(model, prompt, name, new_tokens, graph)
+            run(model, prompt, name, new_tokens, graph, compile_step)  # warm-up: compilation, graph captures
+            tokens, steps, seconds = run(model, prompt, name, new_tokens, graph, compile_step)
             result[f"{label}_{'graph' if graph else 'eager'}_ms_per_step"] = 1000 * seconds / steps
             result[f"{label}_{'graph' if graph else 'eager'}_tokens_per_step"] = len(tokens) / steps
     for graph in modes:
@@ -96,9 +98,10 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--device", default="cuda", help="cuda (bf16, eager and graph) or cpu (fp32, eager: a smoke test)")
+    parser.add_argument("--compile-step", action="store_true", help="time steps run through torch.compile")
     parser.add_argument("--output")
     args = parser.parse_args()
-    result = measure(args.shape, args.tree, args.prompt_len, args.new_tokens, args.device)
+    result = measure(args.shape, args.tree, args.prompt_len, args.new_tokens, args.device, args.compile_step)
     print(json.dumps(result, indent=1))
     if args.output:
         with open(args.output, "w") as f:

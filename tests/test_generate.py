@@ -1,6 +1,7 @@
 """medusa_generate at temperature 0 against plain greedy decoding of the base model."""
 
 import functools
+import shutil
 
 import pytest
 import torch
@@ -218,6 +219,32 @@ def test_steps_attend_only_over_the_filled_part_of_the_cache(monkeypatch):
     capacity = model._decode_caches[1].capacity
     assert capacity >= 600 and spans and max(spans) == 256  # 8 steps from a short prompt stay in the first 256 slots
     assert tokens == greedy_reference(model.base_model, input_ids, len(tokens))
+
+
+@pytest.mark.parametrize("sampling", ["greedy", "typical"])
+def test_compiled_step_decodes_as_the_plain_one(sampling, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    from medusa.model import generate as generate_module
+
+    if shutil.which("g++") is None and shutil.which("clang++") is None:  # inductor builds C++ kernels on CPU
+        monkeypatch.setattr(generate_module, "COMPILE_BACKEND", "eager")  # then check dynamo's tracing alone
+    model = random_heads(tiny_model("llama", seed=12), 3, "own_lm_head", seed=12)
+    input_ids = prompts(102, 1)[0]
+    kwargs = dict(max_new_tokens=24, eos_token_id=[], sampling=sampling)
+    if sampling == "typical":
+        kwargs |= dict(temperature=0.7, generator=torch.Generator().manual_seed(5))
+    traced = counters["stats"]["unique_graphs"]
+    for tree in (None, "none"):
+        compiled = run(model, input_ids, compile_step=True, medusa_choices=tree, **kwargs)
+        if sampling == "typical":
+            kwargs["generator"].manual_seed(5)
+        assert compiled == run(model, input_ids, medusa_choices=tree, **kwargs)
+        if sampling == "typical":
+            kwargs["generator"].manual_seed(5)
+    assert counters["stats"]["unique_graphs"] > traced  # the step went through torch.compile
+    with pytest.raises(ValueError, match="compile_step=True needs greedy or typical"):
+        run(model, input_ids, compile_step=True, temperature=0.7, max_new_tokens=4)
 
 
 def test_a_longer_call_at_least_doubles_the_pooled_cache_up_to_the_context():

@@ -1,5 +1,6 @@
 """The Medusa decode loop: prefill, then tree steps until EOS or the token limit (DESIGN.md §1)."""
 
+import functools
 from collections.abc import Iterator
 from contextlib import ExitStack
 from functools import partial
@@ -127,7 +128,7 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
                     posterior_alpha: float = 0.3, eos_token_id: int | list[int] | None = None,
                     generator: torch.Generator | None = None, sampling: str | None = None, top_k: int = 0,
                     top_p: float = 1.0, cuda_graph: bool | None = None, tree_policy=None,
-                    batch_size: int | None = None) -> Iterator:
+                    batch_size: int | None = None, compile_step: bool = False) -> Iterator:
     """Generate with Medusa heads, yielding after every step.
 
     Args:
@@ -156,6 +157,10 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
             reproducible output.
         cuda_graph: replay each greedy step from a CUDA graph (default: on for CUDA models at
             temperature 0).
+        compile_step: run the step through ``torch.compile`` (fusing its many small kernels: norms,
+            rotary embedding, masks) before any graph capture; greedy and typical sampling only.
+            Each new tree, batch size or cache span compiles on first use (seconds to minutes);
+            past torch's recompile limit, new ones run uncompiled.
 
     Yields:
         For one prompt, a dict with ``text`` (whole reply so far, special tokens skipped; None
@@ -180,11 +185,24 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
         cuda_graph = device.type == "cuda" and sampling == "greedy"
     if cuda_graph and (device.type != "cuda" or sampling != "greedy"):
         raise ValueError("cuda_graph=True needs a CUDA model and greedy decoding (temperature 0).")
-    decoder = _decode(model, trees, [p.to(device) for p in prompts], batch_size, longest + budget + tree_size, budget,
-                      max_steps, _eos_ids(model, eos_token_id), cuda_graph, sampling=sampling, temperature=temperature,
+    if compile_step and sampling == "lossless":
+        raise ValueError("compile_step=True needs greedy or typical sampling (lossless sampling walks the tree on "
+                         "the host).")
+    step = _compiled_tree_step(COMPILE_BACKEND) if compile_step else tree_step
+    decoder = _decode(model, trees, step, [p.to(device) for p in prompts], batch_size, longest + budget + tree_size,
+                      budget, max_steps, _eos_ids(model, eos_token_id), cuda_graph, sampling=sampling, temperature=temperature,
                       top_k=top_k, top_p=top_p, posterior_threshold=posterior_threshold,
                       posterior_alpha=posterior_alpha, generator=generator)
     yield from (_single(model.tokenizer, decoder) if single else decoder)
+
+
+COMPILE_BACKEND = "inductor"
+
+
+@functools.cache
+def _compiled_tree_step(backend: str):
+    """:func:`tree_step` through ``torch.compile``, made once per process (its compiled variants are shared)."""
+    return torch.compile(tree_step, backend=backend)
 
 
 def _tree_chooser(model, medusa_choices, tree_policy):
@@ -244,8 +262,8 @@ def _new_tokens(accepted: list[int], eos: set[int], room: int) -> tuple[list[int
     return accepted[:room], len(accepted) >= room
 
 
-def _decode(model, trees, prompts: list[torch.Tensor], batch_size: int, capacity: int, budget: int, max_steps: int,
-            eos: set[int], cuda_graph: bool, **decoding) -> Iterator[list[dict | None]]:
+def _decode(model, trees, step_fn, prompts: list[torch.Tensor], batch_size: int, capacity: int, budget: int,
+            max_steps: int, eos: set[int], cuda_graph: bool, **decoding) -> Iterator[list[dict | None]]:
     """Prefill the first ``batch_size`` prompts in one right-padded forward, then batched steps; rows that
     finish take the next waiting prompts, and once none wait, leave the batch. See :func:`medusa_generate`."""
     device = prompts[0].device
@@ -268,7 +286,7 @@ def _decode(model, trees, prompts: list[torch.Tensor], batch_size: int, capacity
         active = torch.ones(batch_size, dtype=torch.bool, device=device)
         while True:
             buffers = trees(cache.batch_size)
-            step = partial(tree_step, model, buffers, cache, **decoding)
+            step = partial(step_fn, model, buffers, cache, **decoding)
             cache.check_capacity(buffers.num_nodes)
             span = cache.fit_span(buffers.num_nodes)
             if cuda_graph:  # one graph per tree and span: a few per generation
