@@ -1,7 +1,6 @@
 """medusa_generate at temperature 0 against plain greedy decoding of the base model."""
 
 import functools
-import shutil
 
 import pytest
 import torch
@@ -221,13 +220,23 @@ def test_steps_attend_only_over_the_filled_part_of_the_cache(monkeypatch):
     assert tokens == greedy_reference(model.base_model, input_ids, len(tokens))
 
 
+@functools.cache
+def inductor_builds_on_cpu() -> bool:
+    """Whether torch.compile's default back end works here (on CPU it needs a C++ compiler and Python headers)."""
+    try:
+        torch.compile(lambda x: x * 2)(torch.ones(2))
+    except Exception:  # any build failure: the machine lacks a toolchain, not a bug of ours
+        return False
+    return True
+
+
 @pytest.mark.parametrize("sampling", ["greedy", "typical"])
 def test_compiled_step_decodes_as_the_plain_one(sampling, monkeypatch):
     from torch._dynamo.utils import counters
 
     from medusa.model import generate as generate_module
 
-    if shutil.which("g++") is None and shutil.which("clang++") is None:  # inductor builds C++ kernels on CPU
+    if not inductor_builds_on_cpu():
         monkeypatch.setattr(generate_module, "COMPILE_BACKEND", "eager")  # then check dynamo's tracing alone
     model = random_heads(tiny_model("llama", seed=12), 3, "own_lm_head", seed=12)
     input_ids = prompts(102, 1)[0]
