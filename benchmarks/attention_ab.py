@@ -2,14 +2,13 @@
 
 On a random-weight Llama of a grouped-query shape (the 135M demo shape: 9 query heads over 3 key/value
 heads), times CUDA-graph steps of the greedy loop and of Medusa at batch 1, and greedy steps of a
-full batch, once with the query heads folded at every size (ignoring ``FOLD_MIN_BYTES``) and once
-with Hugging Face's SDPA path (``repeat_kv``), in the same process.
+full batch, once with the query heads folded at every size (``fold_gqa=True``, ignoring
+``FOLD_MIN_BYTES``) and once with Hugging Face's SDPA path (``repeat_kv``), in the same process.
 
     python benchmarks/attention_ab.py --shape 135m --output attention_ab.json
 """
 
 import argparse
-import contextlib
 import json
 
 import torch
@@ -17,16 +16,16 @@ import torch
 from benchmarks.step_overhead import SHAPES, random_medusa
 from benchmarks.timing import timed
 from medusa.eval.answers import drain
-from medusa.model import attention, generate
+from medusa.model import attention
 
 
-def ms_per_step(model, prompts, tree: str, new_tokens: int, device: str) -> float:
+def ms_per_step(model, prompts, tree: str, new_tokens: int, fold_gqa: bool) -> float:
     """Milliseconds per step of the second of two identical calls (the first captures the graphs)."""
     single = len(prompts) == 1
 
     def call():
         stream = model.medusa_generate(prompts[0] if single else prompts, max_new_tokens=new_tokens,
-                                       medusa_choices=tree, eos_token_id=[])
+                                       medusa_choices=tree, eos_token_id=[], fold_gqa=fold_gqa)
         if single:
             return drain(stream)[1]
         return sum(1 for _ in stream)
@@ -51,22 +50,18 @@ def main(argv: list[str] | None = None) -> None:
     prompts = [torch.randint(0, model.config.vocab_size, (args.prompt_len,), generator=gen).to(args.device)
                for _ in range(args.batch_size)]
     single = [prompts[0][None]]
-    folded_attention = generate.grouped_query_attention
     result = {"shape": args.shape, "device": torch.cuda.get_device_name() if cuda else "cpu",
               "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batch_size": args.batch_size}
     threshold = attention.FOLD_MIN_BYTES
-    for name, context in (("folded", folded_attention), ("repeat_kv", lambda config: contextlib.nullcontext())):
-        generate.grouped_query_attention = context
-        attention.FOLD_MIN_BYTES = 0  # "folded" folds at every size, whatever the library's threshold
-        model._decode_caches, model._graphs = {}, {}  # graphs captured with the other attention must not be replayed
-        try:
-            result[name] = {"greedy_b1_ms": ms_per_step(model, single, "none", args.new_tokens, args.device),
-                            "medusa_b1_ms": ms_per_step(model, single, "mc_sim_7b_63", args.new_tokens, args.device),
-                            f"greedy_b{args.batch_size}_ms": ms_per_step(model, prompts, "none", args.new_tokens,
-                                                                         args.device)}
-        finally:
-            generate.grouped_query_attention, attention.FOLD_MIN_BYTES = folded_attention, threshold
-        print(name, json.dumps(result[name]), flush=True)
+    attention.FOLD_MIN_BYTES = 0  # "folded" folds at every size, whatever the library's threshold
+    try:
+        for name, fold in (("folded", True), ("repeat_kv", False)):
+            result[name] = {"greedy_b1_ms": ms_per_step(model, single, "none", args.new_tokens, fold),
+                            "medusa_b1_ms": ms_per_step(model, single, "mc_sim_7b_63", args.new_tokens, fold),
+                            f"greedy_b{args.batch_size}_ms": ms_per_step(model, prompts, "none", args.new_tokens, fold)}
+            print(name, json.dumps(result[name]), flush=True)
+    finally:
+        attention.FOLD_MIN_BYTES = threshold
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=1)

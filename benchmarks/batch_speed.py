@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--accuracies", help="heads_accuracy JSON for the 'policy' mode")
     parser.add_argument("--continuous", action="store_true", help="continuous batching with EOS (see above)")
     parser.add_argument("--device", default="cuda", help="cuda (bf16) or cpu (fp32, a smoke test)")
+    parser.add_argument("--fold-gqa", action="store_true", help="every mode decodes with fold_gqa=True")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
 
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     modes = {"greedy": {"medusa_choices": "none"}, "medusa": {"medusa_choices": args.tree}}
     if policy is not None:
         modes["policy"] = {"tree_policy": policy}
+    for kwargs in modes.values():
+        kwargs["fold_gqa"] = args.fold_gqa
 
     results = []
     for batch_size in map(int, args.batch_sizes.split(",")):
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.output, "w") as f:
             cuda = args.device.startswith("cuda")
             json.dump({"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-                       "max_new_tokens": args.max_new_tokens,
+                       "max_new_tokens": args.max_new_tokens, "fold_gqa": args.fold_gqa,
                        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
                        "results": results}, f, indent=1)
 

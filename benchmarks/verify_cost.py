@@ -45,7 +45,7 @@ def timing_tree(num_heads: int, tree_size: int) -> list[list[int]] | str:
 
 @torch.inference_mode()
 def step_ms(model: MedusaModel, batch_size: int, tree_size: int, prompt_len: int = 128, new_tokens: int = 512,
-            warmup: int = 5, iters: int = 50, cuda_graph: bool = True, seed: int = 0) -> float:
+            warmup: int = 5, iters: int = 50, cuda_graph: bool = True, seed: int = 0, fold_gqa: bool = False) -> float:
     """Mean ms of one greedy decode step of ``batch_size`` rows verifying ``tree_size`` tokens each."""
     device = model.lm_head.weight.device
     buffers = model.tree_buffers(timing_tree(model.config.medusa_num_heads, tree_size))
@@ -54,11 +54,11 @@ def step_ms(model: MedusaModel, batch_size: int, tree_size: int, prompt_len: int
                for _ in range(batch_size)]
     capacity = -(-(prompt_len + new_tokens + tree_size) // 256) * 256  # as medusa_generate's decode_cache sizes it
     cache = MedusaKVCache.for_model(model.base_model, capacity, batch_size)  # private: freed after this point
-    hidden = prefill(model, prompts, cache)
+    hidden = prefill(model, prompts, cache, fold_gqa)
     cache.fit_span(new_tokens // 2 + tree_size)  # attend over the slots of a step halfway through the generation
     inputs = (model.lm_logits(hidden).argmax(-1), model.head_logits(hidden).transpose(0, 1),
               torch.ones(batch_size, dtype=torch.bool, device=device))
-    step = partial(tree_step, model, buffers, cache)  # greedy
+    step = partial(tree_step, model, buffers, cache, fold_gqa=fold_gqa)  # greedy
     if cuda_graph:
         step = GraphedStep(step, inputs, cache)
     prompt_lens = cache.length.clone()
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=50, help="Timed steps per point.")
     parser.add_argument("--eager", action="store_true", help="Time eager steps on a GPU (no CUDA graph).")
+    parser.add_argument("--fold-gqa", action="store_true", help="Decode as medusa_generate(fold_gqa=True).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     parser.add_argument("--out", required=True, help="Where to write the CostCurve JSON.")
@@ -140,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
 
     ms = measure(model, args.batch_sizes, tree_sizes, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-                 warmup=args.warmup,
-                 iters=args.iters, cuda_graph=device.type == "cuda" and not args.eager)
+                 warmup=args.warmup, iters=args.iters, cuda_graph=device.type == "cuda" and not args.eager,
+                 fold_gqa=args.fold_gqa)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     curve = CostCurve(args.batch_sizes, tree_sizes, ms, device=gpu, model=name, dtype=str(dtype).removeprefix("torch."))
     curve.save(args.out)

@@ -7,7 +7,6 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from medusa.model import attention
-from medusa.model import generate as generate_module
 from medusa.model.attention import grouped_query_attention, grouped_sdpa_attention
 from tests.fitting import greedy_reference
 from tests.test_generate import random_heads, run
@@ -63,17 +62,20 @@ def test_cases_it_does_not_fold_go_to_hugging_face_unchanged(monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
-def test_decoding_attends_with_folded_heads_and_restores_the_model(arch, monkeypatch, always_fold):
+def test_decoding_with_fold_gqa_attends_with_folded_heads_and_restores_the_model(arch, monkeypatch, always_fold):
     model = random_heads(tiny_model(arch, seed=21), 3, "own_lm_head", seed=21)  # 4 query heads over 2 kv heads
     assert model.base_model.config._attn_implementation == "sdpa"
     folded = []
     fold = attention.grouped_sdpa_attention
     monkeypatch.setitem(attention.AttentionInterface._global_mapping, attention.NAME,
                         lambda *a, **k: folded.append(a[1].shape[2]) or fold(*a, **k))
-    monkeypatch.setattr(attention, "sdpa_attention_forward", None)  # every decoding forward folds
     input_ids = torch.randint(3, 320, (1, 19), generator=torch.Generator().manual_seed(3))
-    tokens, accepted = run(model, input_ids, max_new_tokens=24, eos_token_id=[])
+    plain = run(model, input_ids, max_new_tokens=24, eos_token_id=[])
+    assert not folded  # off by default
+    monkeypatch.setattr(attention, "sdpa_attention_forward", None)  # every decoding forward folds
+    tokens, accepted = run(model, input_ids, max_new_tokens=24, eos_token_id=[], fold_gqa=True)
     monkeypatch.undo()
+    assert (tokens, accepted) == plain
     assert tokens == greedy_reference(model.base_model, input_ids, 24)  # HF generate: its own SDPA path
     assert {19} < set(folded) and max(folded) > 1  # the prefill and the tree steps
     assert model.base_model.config._attn_implementation == "sdpa"
@@ -101,4 +103,4 @@ def test_attention_benchmark_runs_both_ways_on_cpu(tmp_path):
     for name in ("folded", "repeat_kv"):
         assert set(result[name]) == {"greedy_b1_ms", "medusa_b1_ms", "greedy_b3_ms"}
         assert all(ms > 0 for ms in result[name].values())
-    assert attention.FOLD_MIN_BYTES > 0 and generate_module.grouped_query_attention is grouped_query_attention
+    assert attention.FOLD_MIN_BYTES > 0

@@ -13,8 +13,9 @@ the mask and copying the query cost more launches than the small copy saved). Be
 ``FOLD_MIN_BYTES`` of copy per layer (between the two measured points: batch 1 copies 0.8 MB, batch 64
 50 MB; not tuned) Hugging Face's path runs.
 
-Decoding uses it for its own forwards only (:func:`grouped_query_attention`); other calls of the base
-model are untouched.
+Decoding uses it when asked (``medusa_generate(..., fold_gqa=True)``; the data generation back end
+does), for its own forwards only (:func:`grouped_query_attention`): other calls of the base model are
+untouched.
 """
 
 from contextlib import contextmanager
