@@ -1,9 +1,8 @@
 """The Medusa decode loop: prefill, then tree steps until EOS or the token limit (DESIGN.md §1)."""
 
-import functools
 from collections.abc import Iterator
 from contextlib import ExitStack, nullcontext
-from functools import partial
+from functools import cache, partial
 
 import torch
 
@@ -206,7 +205,7 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
 COMPILE_BACKEND = "inductor"
 
 
-@functools.cache
+@cache
 def _compiled_tree_step(backend: str):
     """:func:`tree_step` through ``torch.compile``, made once per process (its compiled variants are shared)."""
     return torch.compile(tree_step, backend=backend)
@@ -296,8 +295,8 @@ def _decode(model, trees, step_fn, prompts: list[torch.Tensor], batch_size: int,
             step = partial(step_fn, model, buffers, cache, **decoding)
             cache.check_capacity(buffers.num_nodes)
             span = cache.fit_span(buffers.num_nodes)
-            if cuda_graph:  # one graph per tree and span (and attention): a few per generation
-                key = (buffers.key, span, decoding["fold_gqa"])
+            if cuda_graph:  # one graph per step function, tree, span and attention: a few per generation
+                key = (step_fn, buffers.key, span, decoding["fold_gqa"])
                 if key not in graphs:
                     graphs[key] = GraphedStep(step, (root, head_logits, active), cache)
                 step = graphs[key]
