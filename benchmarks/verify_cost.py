@@ -5,9 +5,9 @@ decode loop's own step, replayed from a CUDA graph on a GPU) with the cache rewo
 between steps, so every step does the same work; each step ends with the loop's one host read of
 the accepted tokens. Tree size T counts the tokens verified per row, root included (1 = plain
 decoding); the T - 1 nodes are grown by ``build_tree`` from made-up accuracies (the tree's shape
-barely matters: the step's shapes are what cost). Attention runs over the whole (masked) cache
-buffer, so the cost also grows with the cache capacity: ``--new-tokens`` sizes it as a generation of
-that many tokens would (``decode_cache`` rounds to 256). Writes a :class:`~medusa.model.CostCurve` JSON for
+barely matters: the step's shapes are what cost). Attention runs over the filled part of the cache
+(in blocks of 256 slots), so the cost also grows with the context: each step attends over the slots
+of a step halfway through a generation of ``--new-tokens`` tokens after ``--prompt-len``. Writes a :class:`~medusa.model.CostCurve` JSON for
 ``TreePolicy`` / ``heads_accuracy --cost-curve``.
 
     python benchmarks/verify_cost.py --shape 7b --out cost_7b.json
@@ -30,6 +30,7 @@ if not __package__:  # run as `python benchmarks/verify_cost.py`: make the repos
 from benchmarks.step_overhead import SHAPES, random_medusa  # noqa: E402
 from medusa.eval.tree_builder import build_tree, tree_capacity  # noqa: E402
 from medusa.model import CostCurve, MedusaKVCache, MedusaModel  # noqa: E402
+from medusa.model.kv_cache import round_up_to_block  # noqa: E402
 from medusa.model.cuda_graph import GraphedStep  # noqa: E402
 from medusa.model.generate import prefill, tree_step  # noqa: E402
 from medusa.model.medusa_choices import MAX_TOP_K  # noqa: E402
@@ -52,7 +53,7 @@ def step_ms(model: MedusaModel, batch_size: int, tree_size: int, prompt_len: int
     gen = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(0, model.config.vocab_size, (prompt_len,), generator=gen).to(device)
                for _ in range(batch_size)]
-    capacity = -(-(prompt_len + new_tokens + tree_size) // 256) * 256  # as medusa_generate's decode_cache sizes it
+    capacity = round_up_to_block(prompt_len + new_tokens + tree_size)  # as medusa_generate's decode_cache sizes it
     cache = MedusaKVCache.for_model(model.base_model, capacity, batch_size)  # private: freed after this point
     hidden = prefill(model, prompts, cache, fold_gqa)
     cache.fit_span(new_tokens // 2 + tree_size)  # attend over the slots of a step halfway through the generation

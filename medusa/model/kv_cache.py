@@ -2,9 +2,9 @@
 
 One buffer pair per layer, ``[batch, kv_heads, capacity, head_dim]``, and one committed length per
 row. A forward over ``q`` new tokens writes row b's at slots ``[length[b], length[b] + q)`` and
-attends over the first ``span`` slots (a multiple of 256 that holds every row and the new tokens,
-so early steps skip the empty end of the buffer); the 4D mask (:mod:`medusa.model.masks`) hides slots that hold nothing
-valid. After a tree step, :meth:`MedusaKVCache.accept` moves each row's accepted path to the front of
+attends over the first ``span`` slots (a multiple of ``SLOT_BLOCK`` that holds every row and the new
+tokens, so early steps skip the empty end of the buffer); the 4D mask (:mod:`medusa.model.masks`)
+hides slots that hold nothing valid. After a tree step, :meth:`MedusaKVCache.accept` moves each row's accepted path to the front of
 its free region in place. The buffers never change shape, which keeps every step's shapes static.
 """
 
@@ -14,6 +14,15 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 class CacheCapacityError(RuntimeError):
     """A write that would run past the pre-allocated capacity (nothing is written)."""
+
+
+# Cache capacities and attention spans come in blocks of slots: one CUDA graph per span, few spans.
+SLOT_BLOCK = 256
+
+
+def round_up_to_block(slots: int) -> int:
+    """``slots`` rounded up to a multiple of ``SLOT_BLOCK``."""
+    return -(-slots // SLOT_BLOCK) * SLOT_BLOCK
 
 
 class _StaticKVLayer(CacheLayerMixin):
@@ -100,11 +109,11 @@ class MedusaKVCache(Cache):
             )
 
     def fit_span(self, num_new: int) -> int:
-        """Attend over the fewest slots, rounded up to 256, that hold ``host_length + num_new`` tokens; returns it.
+        """Attend over the fewest slots, rounded up to ``SLOT_BLOCK``, that hold ``host_length + num_new`` tokens; returns it.
 
         Set before each forward (a step captured in a CUDA graph keeps the span it was captured with).
         """
-        self.span = min(self.capacity, -(-(self.host_length + num_new) // 256) * 256)
+        self.span = min(self.capacity, round_up_to_block(self.host_length + num_new))
         return self.span
 
     def _slot_index(self, offsets: torch.Tensor, shape: torch.Size) -> torch.Tensor:

@@ -12,7 +12,7 @@ from . import checkpoint
 from .config import MedusaConfig
 from .generate import medusa_generate
 from .heads import MedusaHeads
-from .kv_cache import MedusaKVCache
+from .kv_cache import MedusaKVCache, round_up_to_block
 from .medusa_choices import resolve_medusa_choices
 from .tree import TreeBuffers, generate_medusa_buffers, root_only_buffers
 from .tree_policy import POLICY_FILES, TreePolicy
@@ -169,7 +169,7 @@ class MedusaModel(nn.Module):
     def decode_cache(self, capacity: int, batch_size: int = 1):
         """A zero-length KV cache of ``batch_size`` rows and at least ``capacity`` slots, and the CUDA graphs captured on it.
 
-        Kept for reuse, one per batch size (capacity rounded up to a multiple of 256 and shared by
+        Kept for reuse, one per batch size (capacity rounded up to a slot block and shared by
         all, so graphs are captured once for many prompts and rows can move between batch sizes); a
         call made while another generation holds that cache gets a private one. A call longer than
         the pool moves every batch size to at least twice the capacity (at most the model's context),
@@ -180,7 +180,7 @@ class MedusaModel(nn.Module):
             context = getattr(self.base_model.config.get_text_config(), "max_position_embeddings", None) or capacity
             capacity = max(capacity, min(2 * pooled[0].capacity, context))
             self._decode_caches, self._graphs = {}, {}
-        capacity = max([-(-capacity // 256) * 256] + [c.capacity for c in self._decode_caches.values()])
+        capacity = max([round_up_to_block(capacity)] + [c.capacity for c in self._decode_caches.values()])
         cache = self._decode_caches.get(batch_size)
         if cache is not None and cache.in_use:
             cache = MedusaKVCache.for_model(self.base_model, capacity, batch_size)
