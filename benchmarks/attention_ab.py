@@ -13,25 +13,15 @@ import json
 
 import torch
 
+from benchmarks.batch_speed import timed_generate
 from benchmarks.step_overhead import SHAPES, random_medusa
-from benchmarks.timing import timed
-from medusa.eval.answers import drain
 from medusa.model import attention
 
 
-def ms_per_step(model, prompts, tree: str, new_tokens: int, fold_gqa: bool) -> float:
-    """Milliseconds per step of the second of two identical calls (the first captures the graphs)."""
-    single = len(prompts) == 1
-
-    def call():
-        stream = model.medusa_generate(prompts[0] if single else prompts, max_new_tokens=new_tokens,
-                                       medusa_choices=tree, eos_token_id=[], fold_gqa=fold_gqa)
-        if single:
-            return drain(stream)[1]
-        return sum(1 for _ in stream)
-
-    call()
-    steps, seconds = timed(call)
+def ms_per_step(model, prompts: list[torch.Tensor], tree: str, new_tokens: int, fold_gqa: bool) -> float:
+    """Milliseconds per step of decoding ``prompts`` together (timed as batch_speed.py times a call)."""
+    _, steps, seconds = timed_generate(model, prompts, new_tokens, medusa_choices=tree, eos_token_id=[],
+                                       fold_gqa=fold_gqa)
     return 1000 * seconds / steps
 
 
@@ -49,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, model.config.vocab_size, (args.prompt_len,), generator=gen).to(args.device)
                for _ in range(args.batch_size)]
-    single = [prompts[0][None]]
+    single = prompts[:1]
     result = {"shape": args.shape, "device": torch.cuda.get_device_name() if cuda else "cpu",
               "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batch_size": args.batch_size}
     threshold = attention.FOLD_MIN_BYTES
