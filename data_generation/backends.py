@@ -33,7 +33,8 @@ class LocalBackend:
         if self.tokenizer.chat_template is None:
             raise SystemExit(f"{model_path}: the tokenizer has no chat template; use a chat model.")
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(self.device).eval()
-        self.model = MedusaModel(base, MedusaConfig(medusa_num_heads=1))
+        # Plain decoding needs no heads; one shared-lm_head head adds no copy of the (vocab-sized) lm_head.
+        self.model = MedusaModel(base, MedusaConfig(medusa_num_heads=1, head_type="shared_lm_head"))
         self.context = getattr(base.config.get_text_config(), "max_position_embeddings", None) or 2**31
         self.temperature, self.max_new_tokens, self.batch_size = temperature, max_new_tokens, batch_size
         self.generator = torch.Generator(self.device).manual_seed(seed)
