@@ -1,10 +1,10 @@
 """Posterior evaluation: which tree path to accept, and how much of it (DESIGN.md §4).
 
-Greedy and typical acceptance take the base predictions (argmax, or logits) gathered along the tree's
-paths, entry ``[..., p, i]`` being the base model's after token i of path p (leading dims: the batch), and return
-``(best_path, accept_length)`` as long tensors of the leading shape: path ``best_path`` is accepted
-up to and including its ``accept_length``-th non-root token. Lossless sampling walks the tree node by node and also returns the next root
-(docs/sampling.md).
+Greedy and typical acceptance take the base predictions (argmax, or logits) gathered along the
+tree's paths, entry ``[..., p, i]`` being the base model's after token i of path p (leading dims: the
+batch), and return ``(best_path, accept_length)`` as long tensors of the leading shape: path
+``best_path`` is accepted up to and including its ``accept_length``-th non-root token. Lossless
+sampling walks the tree node by node and also returns the next root (docs/sampling.md).
 """
 
 import torch
