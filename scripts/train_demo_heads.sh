@@ -7,8 +7,8 @@
 # lm_head, 3 and 5 heads), eval (head accuracy and simulated tokens/step on MT-bench first turns).
 # Default: all three. Each training run writes WORK_DIR/heads_<type>_<n>/ with training_summary.json;
 # eval writes WORK_DIR/eval_<type>_<n>.json.
-# Environment: CONFIGS (type:heads[:layers] list; layers default to 1; shared_lm_head:3:2 writes
-# heads_shared_lm_head_3_l2), EPOCHS (2), BATCH (per-device batch, 16), DATA_BATCH (decoding
+# Environment: CONFIGS (type:heads[:layers[:distillation]] list; layers default to 1, distillation α to 0;
+# shared_lm_head:3:2 writes heads_shared_lm_head_3_l2, shared_lm_head:3:1:0.5 heads_shared_lm_head_3_kd0.5), EPOCHS (2), BATCH (per-device batch, 16), DATA_BATCH (decoding
 # batch of the data stage, 128), DATA_TIMEOUT (seconds of data generation, then stop cleanly and keep
 # what is written; a rerun resumes), COST_CURVE (a benchmarks/verify_cost.py curve: eval also picks the
 # tree size from it).
@@ -38,9 +38,10 @@ PY
 fi
 
 for config in ${CONFIGS:-shared_lm_head:3 shared_lm_head:5 own_lm_head:3 own_lm_head:5}; do
-  IFS=: read -r type heads layers <<< "$config"
-  layers=${layers:-1} name=${type}_${heads}
+  IFS=: read -r type heads layers distill <<< "$config"
+  layers=${layers:-1} distill=${distill:-0} name=${type}_${heads}
   [[ $layers == 1 ]] || name+=_l$layers
+  [[ $distill == 0 ]] || name+=_kd$distill
   if [[ " $STAGES " == *" train "* ]]; then
     python3 medusa/train/train_legacy.py --model_name_or_path "$BASE" \
         --data_path "$WORK/train.jsonl" --eval_data_path "$WORK/eval.jsonl" --bf16 True \
@@ -49,6 +50,7 @@ for config in ${CONFIGS:-shared_lm_head:3 shared_lm_head:5 own_lm_head:3 own_lm_
         --learning_rate 1e-3 --weight_decay 0.0 --warmup_ratio 0.1 --lr_scheduler_type cosine \
         --logging_steps 50 --save_strategy no --eval_strategy no --model_max_length 1024 \
         --medusa_num_heads "$heads" --medusa_num_layers "$layers" --medusa_head_type "$type" \
+        --medusa_distillation "$distill" \
         --dataloader_num_workers 2 --report_to none
   fi
   if [[ " $STAGES " == *" eval "* ]]; then

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from medusa.train.data import IGNORE_INDEX, PadCollator, chat_renderer, load_conversations, read_records, tokenize_conversation
 from medusa.train.losses import distillation_kl, head_weights, medusa_head_losses
@@ -104,6 +105,33 @@ def test_head_losses_match_plain_cross_entropy():
         ref = torch.stack([torch.nn.functional.cross_entropy(logits[k, b, t], labels[b, t + k + 2]) for b, t in keep])
         top5 = sum(int(labels[b, t + k + 2] in logits[k, b, t].topk(5).indices) for b, t in keep)
         assert torch.allclose(losses[k], ref.mean(), atol=1e-6) and stats[k, 2] == top5
+
+
+def test_distillation_mixes_cross_entropy_with_kl_to_the_base_at_t_plus_k_plus_1():
+    """Head k at t is pulled towards the base distribution at t + k + 1 (the one that predicts labels[t + k + 2])."""
+    H, B, S, V = 3, 2, 10, 13
+    teacher, labels = torch.randn(B, S, V), torch.randint(V, (B, S))
+    labels[0, :4] = IGNORE_INDEX
+    aligned = torch.zeros(H, B, S, V)
+    for k in range(H):
+        aligned[k, :, : S - k - 1] = teacher[:, k + 1:]
+    ce_only, _ = medusa_head_losses(aligned, labels)
+    losses, stats = medusa_head_losses(aligned, labels, teacher, distillation=1.0)
+    assert torch.allclose(losses, torch.zeros(H), atol=1e-5)  # the soft label itself: no KL left
+    assert torch.allclose(stats[:, 3] / stats[:, 0], ce_only)  # logged CE stays the cross-entropy
+    off_by_one, _ = medusa_head_losses(aligned.roll(1, dims=2), labels, teacher, distillation=1.0)
+    assert (off_by_one > 0.1).all()
+
+    student, alpha = torch.randn(H, B, S, V), 0.3
+    losses, _ = medusa_head_losses(student, labels, teacher, distillation=alpha)
+    for k in range(H):
+        keep = [(b, t) for b in range(B) for t in range(S - k - 2) if labels[b, t + k + 2] != IGNORE_INDEX]
+        ce = torch.stack([F.cross_entropy(student[k, b, t], labels[b, t + k + 2]) for b, t in keep]).mean()
+        kl = torch.stack([F.kl_div(student[k, b, t].log_softmax(-1), teacher[b, t + k + 1].log_softmax(-1),
+                                   log_target=True, reduction="sum") for b, t in keep]).mean()
+        assert torch.allclose(losses[k], (1 - alpha) * ce + alpha * kl, atol=1e-5)
+    with pytest.raises(ValueError, match="teacher_logits"):
+        medusa_head_losses(student, labels, distillation=alpha)
 
 
 def test_weights_and_kl():

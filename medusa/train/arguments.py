@@ -32,6 +32,9 @@ class MedusaTrainingArguments(transformers.TrainingArguments):
                 "heads reuse the frozen base lm_head).", "choices": ["own_lm_head", "shared_lm_head"]})
     medusa_decay_coefficient: float = field(default=0.8, metadata={
         "help": "Loss weight of head k is decay**k (1.0 = plain sum as in the reference script)."})
+    medusa_distillation: float = field(default=0.0, metadata={
+        "help": "α in [0, 1]: each head's loss is (1 − α)·CE on the data + α·KL(base ‖ head), the frozen base "
+                "model's distribution of the same token as a soft label (Medusa-1 only)."})
     warmup_ratio: float = field(default=0.0, metadata={"help": "Linear warm-up over this fraction of the steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep labels for compute_loss."})
     label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Batch label keys."})
@@ -39,6 +42,8 @@ class MedusaTrainingArguments(transformers.TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "All head parameters are used."})
 
     def __post_init__(self):
+        if not 0 <= self.medusa_distillation <= 1:
+            raise ValueError(f"--medusa_distillation must be in [0, 1], got {self.medusa_distillation}.")
         if self.warmup_ratio and not _NATIVE_WARMUP_RATIO:
             if not 0 <= self.warmup_ratio < 1:
                 raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")

@@ -1,4 +1,4 @@
-"""Medusa training losses (DESIGN.md §5): per-head shifted cross-entropy, accuracies, λ_k, KL."""
+"""Medusa training losses (DESIGN.md §5): per-head shifted cross-entropy or distillation, accuracies, λ_k, KL."""
 
 import torch
 import torch.nn.functional as F
@@ -11,30 +11,45 @@ def head_weights(num_heads: int, decay: float) -> list[float]:
     return [decay**k for k in range(num_heads)]
 
 
-def medusa_head_losses(head_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-head cross-entropy and top-1/top-5 hit counts; head k predicts ``labels[t + k + 2]`` from position t.
+def medusa_head_losses(head_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None = None,
+                       distillation: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head losses and hit counts; head k predicts ``labels[t + k + 2]`` from position t.
+
+    With ``distillation`` α > 0, head k's loss is (1 − α)·CE_k + α·KL(p_base ‖ q_k), where p_base is the
+    base model's distribution at position t + k + 1, i.e. its prediction of the very token head k
+    predicts at t: a soft label that also ranks the runners-up a tree verifies.
 
     Args:
         head_logits: ``[heads, B, S, V]``.
         labels: ``[B, S]`` with ``IGNORE_INDEX`` where there is no target.
+        teacher_logits: ``[B, S, V]`` base-model logits of the same sequences (needed when α > 0).
+        distillation: α in [0, 1].
 
     Returns:
-        losses ``[heads]`` (mean CE over each head's valid targets, 0 when it has none, in fp32) and
-        stats ``[heads, 3]`` = (valid targets, top-1 hits, top-5 hits) for logging, without grad.
+        losses ``[heads]`` (mean over each head's valid targets, 0 when it has none, in fp32) and stats
+        ``[heads, 4]`` = (valid targets, top-1 hits, top-5 hits, summed CE) for logging, without grad.
     """
+    if distillation and teacher_logits is None:
+        raise ValueError("distillation > 0 needs the base model's teacher_logits")
     losses, stats = [], []
     for k in range(head_logits.shape[0]):
         shift = k + 2
-        logits = head_logits[k, :, :-shift].float().flatten(0, 1)  # [N, V]
-        target = labels[:, shift:].flatten()  # [N]
+        logits = head_logits[k, :, :-shift].float()  # [B, S - shift, V]
+        target = labels[:, shift:]  # [B, S - shift]
         valid = target != IGNORE_INDEX
         count = valid.sum()
-        ce = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
-        losses.append(ce / count.clamp(min=1))
+        ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        ce = ce / count.clamp(min=1)
+        loss = ce
+        if distillation:
+            kl = distillation_kl(logits, teacher_logits[:, shift - 1:-1], valid)
+            loss = (1 - distillation) * ce + distillation * kl
+        losses.append(loss)
         with torch.no_grad():
             top = logits[valid].topk(min(5, logits.shape[-1]), dim=-1).indices  # [n, 5]
-            hits = top == target[valid, None]
-            stats.append(torch.stack([count.float(), hits[:, 0].sum().float(), hits.any(-1).sum().float()]))
+            hits = top == target[valid][:, None]
+            stats.append(torch.stack([count.float(), hits[:, 0].sum().float(), hits.any(-1).sum().float(),
+                                      ce * count]))
     return torch.stack(losses), torch.stack(stats)
 
 

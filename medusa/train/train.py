@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--medusa_self_distillation needs --use_lora: the teacher is the model without adapters.")
     if model_args.load_in_4bit or model_args.load_in_8bit:
         raise SystemExit("Quantised bases are for Medusa-1 (train_legacy.py); Medusa-2 merges into the backbone.")
+    if training_args.medusa_distillation:
+        raise SystemExit("--medusa_distillation is for Medusa-1 (train_legacy.py): here the base model itself learns.")
     if medusa2.medusa_heads_warmup == "heads_only" and medusa2.medusa_warmup_steps:
         training_args.ddp_find_unused_parameters = True  # the backbone has no gradient in stage 1
     tokenizer = load_tokenizer(model_args)

@@ -12,7 +12,8 @@ from .losses import head_weights, medusa_head_losses
 class MedusaTrainer(transformers.Trainer):
     """Trains the heads of a :class:`medusa.model.MedusaModel` on a frozen base (Medusa-1).
 
-    Loss Σ_k λ_k CE_k. Logged with every training log and evaluation, per head k:
+    Loss Σ_k λ_k L_k, L_k = CE_k, or with ``--medusa_distillation`` α the mix (1 − α)·CE_k + α·KL to the
+    base model's distribution of the same token. Logged with every training log and evaluation, per head k:
     ``medusa{k}_loss``, ``medusa{k}_top1``, ``medusa{k}_top5`` (``eval_`` prefix on held-out data),
     averaged over all targets since the previous log and over all ranks.
     Checkpoints hold the heads only (the base never changes) in the ``MedusaModel.save_pretrained`` layout.
@@ -26,17 +27,19 @@ class MedusaTrainer(transformers.Trainer):
         # Per head: (targets, top-1 hits, top-5 hits, summed CE); "train" and "eval" accumulate separately.
         self._head_stats = {}
 
-    def head_loss(self, head_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Σ_k λ_k CE_k for head logits ``[heads, B, S, V]``; records the per-head statistics."""
-        losses, stats = medusa_head_losses(head_logits, labels)
+    def head_loss(self, head_logits: torch.Tensor, labels: torch.Tensor,
+                  teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ_k λ_k L_k for head logits ``[heads, B, S, V]`` (teacher: base logits ``[B, S, V]``); records statistics."""
+        losses, stats = medusa_head_losses(head_logits, labels, teacher_logits, self.args.medusa_distillation)
         split = "train" if self.model.training else "eval"
-        record = torch.cat([stats, (losses.detach() * stats[:, 0])[:, None]], dim=1)
-        self._head_stats[split] = self._head_stats.get(split, 0) + record
+        self._head_stats[split] = self._head_stats.get(split, 0) + stats
         return (self.lambdas.to(losses.device) * losses).sum()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        head_logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        loss = self.head_loss(head_logits, inputs["labels"])
+        distill = self.args.medusa_distillation > 0
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], output_orig=distill)
+        head_logits, teacher = out if distill else (out, None)
+        loss = self.head_loss(head_logits, inputs["labels"], teacher)
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
