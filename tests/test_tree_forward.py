@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medusa.model import CacheCapacityError, MedusaConfig, MedusaKVCache, MedusaModel, generate_medusa_buffers, presets
-from medusa.model.generate import _forward
+from medusa.model.generate import prefill as prefill_prompts
 from medusa.model.masks import model_attention_mask
 
 from tests.tiny import ARCHS, tiny_model
@@ -99,11 +99,16 @@ def test_capacity_overflow_raises_before_any_write():
     with torch.no_grad():
         cache, _ = prefill(base, torch.randint(3, 320, (10,)), 12)
     snapshot = [(k.clone(), v.clone()) for k, v in cache_contents(cache, cache.capacity)]
-    three = torch.ones(3, 3, dtype=torch.bool).tril()
     with pytest.raises(CacheCapacityError, match="10 tokens cached \\+ 3 new > capacity 12"):
-        _forward(model, torch.tensor([[5, 6, 7]]), three, torch.arange(10, 13)[None], cache)
+        cache.check_capacity(3)  # what the decode loop asks before each step's forward
     with pytest.raises(CacheCapacityError):
         cache.commit(3)
     assert cache.length == 10
     for (k, v), (k0, v0) in zip(cache_contents(cache, cache.capacity), snapshot):
+        assert k.equal(k0) and v.equal(v0)
+    empty = MedusaKVCache.for_model(base, 8)
+    snapshot = [(k.clone(), v.clone()) for k, v in cache_contents(empty, empty.capacity)]
+    with pytest.raises(CacheCapacityError, match="0 tokens cached \\+ 10 new > capacity 8"), torch.no_grad():
+        prefill_prompts(model, [torch.randint(3, 320, (10,))], empty)
+    for (k, v), (k0, v0) in zip(cache_contents(empty, empty.capacity), snapshot):
         assert k.equal(k0) and v.equal(v0)

@@ -18,8 +18,11 @@ from .tree import TreeBuffers
 
 def _forward(model, tokens: torch.Tensor, new_mask: torch.Tensor, positions: torch.Tensor, cache: MedusaKVCache,
              fold_gqa: bool = False):
-    """Run ``tokens`` ``[batch, q]`` at ``positions`` ``[batch, q]`` into the cache; returns hidden states ``[batch, q, d]``."""
-    cache.check_capacity(tokens.shape[1])
+    """Run ``tokens`` ``[batch, q]`` at ``positions`` ``[batch, q]`` into the cache; returns hidden states ``[batch, q, d]``.
+
+    The caller checks the cache's capacity first: reading its host-side length here would make a
+    compiled step recompile for every length.
+    """
     mask = model_attention_mask(model.base_model.config, cache.length, new_mask, positions, cache.span,
                                 model.lm_head.weight.dtype)
     with grouped_query_attention(model.base_model.config) if fold_gqa else nullcontext():
@@ -161,8 +164,8 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
             temperature 0).
         compile_step: run the step through ``torch.compile`` (fusing its many small kernels: norms,
             rotary embedding, masks) before any graph capture; greedy and typical sampling only.
-            Each new tree, batch size or cache span compiles on first use (seconds to minutes);
-            past torch's recompile limit, new ones run uncompiled.
+            Each new tree, batch size or cache span (256 slots) compiles on first use (seconds to
+            minutes); up to ``COMPILE_VARIANTS`` of them per process, then new ones run uncompiled.
         fold_gqa: for grouped-query models, attend without copying the cache per layer
             (:mod:`medusa.model.attention`): on an H200, batch-64 greedy steps of the demo shape 38 %
             faster, batch-1 Medusa steps ~2 % slower. Off by default: a tree policy's cost curve is
@@ -203,12 +206,24 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
 
 
 COMPILE_BACKEND = "inductor"
+COMPILE_VARIANTS = 64  # torch's default recompile limit (8) is two trees over four spans
 
 
 @cache
 def _compiled_tree_step(backend: str):
-    """:func:`tree_step` through ``torch.compile``, made once per process (its compiled variants are shared)."""
-    return torch.compile(tree_step, backend=backend)
+    """:func:`tree_step` through ``torch.compile``, made once per process (its compiled variants are shared).
+
+    Static shapes: each tree, batch size and attention span gets its own compiled variant, as it gets
+    its own CUDA graph. Left to infer dynamic shapes, inductor failed on the second span (torch 2.11
+    and 2.13: "Expected !size_bytes_is_heap_allocated_").
+    """
+    compiled = torch.compile(tree_step, backend=backend, dynamic=False)
+
+    def step(*args, **kwargs):
+        with torch._dynamo.config.patch(recompile_limit=COMPILE_VARIANTS):
+            return compiled(*args, **kwargs)
+
+    return step
 
 
 def _tree_chooser(model, medusa_choices, tree_policy):
@@ -253,6 +268,7 @@ def prefill(model, prompts: list[torch.Tensor], cache: MedusaKVCache, fold_gqa: 
     # entries are overwritten by the first step.
     causal = torch.ones(padded.shape[1], padded.shape[1], dtype=torch.bool, device=device).tril()
     positions = torch.arange(padded.shape[1], device=device).expand(len(prompts), -1)
+    cache.check_capacity(padded.shape[1])
     cache.fit_span(padded.shape[1])
     hidden = _per_row(_forward(model, padded, causal, positions, cache, fold_gqa), prompt_lens - 1)  # [batch, d]
     cache.commit(prompt_lens)
