@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--questions", default=DEFAULT_QUESTIONS)
     parser.add_argument("--limit", type=int)
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--trees", nargs="+", default=[None], help="trees to run Medusa with (default: the default tree)")
+    parser.add_argument("--trees", nargs="+", default=["default"],
+                        help="trees to run Medusa with: preset names, JSON files, or 'default' (mc_sim_7b_63 without "
+                             "the paths deeper than the heads; the preset by name fits only 4+ heads)")
     parser.add_argument("--hf-limit", type=int, default=10, help="questions also run with HF generate() (it is slow)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                         help="float32 shows whether bf16 rounding alone makes outputs differ")
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     questions = load_questions(args.questions, args.limit)
     prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}]).to(args.device) for q in questions]
     n = args.max_new_tokens
+    choices = {tree: None if tree == "default" else tree for tree in args.trees}
     common = {"max_new_tokens": n, "compile_step": args.compile_step}
     # Warm-up at full length on the longest prompt (it sizes the pooled cache) and the shortest: together they
     # capture the graph of every cache span the timed runs reach when the prompts' lengths differ by at most n
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     for prompt in (max(prompts, key=lambda p: p.shape[1]), min(prompts, key=lambda p: p.shape[1])):
         drain(model.greedy_generate(prompt, **common))
         for tree in args.trees:
-            drain(model.medusa_generate(prompt, medusa_choices=tree, **common))
+            drain(model.medusa_generate(prompt, medusa_choices=choices[tree], **common))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
 
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         (greedy, _), row["greedy_s"] = timed(lambda: drain(model.greedy_generate(prompt, **common)))
         row["greedy_tokens"] = len(greedy)
         for tree in args.trees:
-            (tokens, steps), seconds = timed(lambda: drain(model.medusa_generate(prompt, medusa_choices=tree, **common)))
+            (tokens, steps), seconds = timed(lambda: drain(model.medusa_generate(prompt, medusa_choices=choices[tree], **common)))
             row[f"medusa[{tree}]"] = {"tokens": len(tokens), "steps": steps, "s": seconds, "identical": tokens == greedy,
                                      "first_difference": first_difference(tokens, greedy)}
         if i < args.hf_limit:
