@@ -3,6 +3,8 @@
 #
 #   scripts/train_demo_heads.sh BASE_DIR PROMPTS_JSONL WORK_DIR [NUM_PROMPTS] [stage...]
 #
+# The shipped heads (v4): DATA_BATCH=256 DATA_TIMEOUT=420 ... 17453 data, which kept 3,896 + 200
+# conversations, then CONFIGS=shared_lm_head:3:2 EPOCHS=3 ... train eval (benchmarks/RESULTS.md).
 # stages: data (self-distil answers to NUM_PROMPTS prompts sampled with seed 0), train (own vs shared
 # lm_head, 3 and 5 heads), eval (head accuracy and simulated tokens/step on MT-bench first turns).
 # Default: all three. Each training run writes WORK_DIR/heads_<type>_<n>/ with training_summary.json;
