@@ -38,9 +38,8 @@ def medusa_head_losses(head_logits: torch.Tensor, labels: torch.Tensor, teacher_
         target = labels[:, shift:]  # [B, S - shift]
         valid = target != IGNORE_INDEX
         count = valid.sum()
-        ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-        ce = ce / count.clamp(min=1)
-        loss = ce
+        ce_sum = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        loss = ce = ce_sum / count.clamp(min=1)
         if distillation:
             kl = distillation_kl(logits, teacher_logits[:, shift - 1:-1], valid)
             loss = (1 - distillation) * ce + distillation * kl
@@ -48,8 +47,7 @@ def medusa_head_losses(head_logits: torch.Tensor, labels: torch.Tensor, teacher_
         with torch.no_grad():
             top = logits[valid].topk(min(5, logits.shape[-1]), dim=-1).indices  # [n, 5]
             hits = top == target[valid][:, None]
-            stats.append(torch.stack([count.float(), hits[:, 0].sum().float(), hits.any(-1).sum().float(),
-                                      ce * count]))
+            stats.append(torch.stack([count.float(), hits[:, 0].sum().float(), hits.any(-1).sum().float(), ce_sum]))
     return torch.stack(losses), torch.stack(stats)
 
 
