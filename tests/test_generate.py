@@ -1,11 +1,12 @@
 """medusa_generate at temperature 0 against plain greedy decoding of the base model."""
 
 import functools
+import os
 
 import pytest
 import torch
 
-from medusa.model import MedusaConfig, MedusaKVCache, MedusaModel
+from medusa.model import MedusaConfig, MedusaKVCache, MedusaModel, medusa_model
 from tests.fitting import fitted_medusa, greedy_reference
 from tests.tiny import ARCHS, tiny_model, tiny_tokenizer
 
@@ -273,6 +274,23 @@ def test_a_longer_call_at_least_doubles_the_pooled_cache_up_to_the_context():
         assert tokens == greedy_reference(model.base_model, input_ids, len(tokens))
 
 
+@pytest.mark.parametrize("spare, capacity", [(0, 1024), (-1, 768)])
+def test_the_pooled_cache_grows_only_as_needed_when_doubling_takes_over_half_the_free_memory(
+        spare, capacity, monkeypatch):
+    model = random_heads(tiny_model("llama", seed=12), 4, "own_lm_head", seed=12)
+    input_ids = prompts(102, 1)[0]
+    run(model, input_ids, max_new_tokens=300, max_steps=3, eos_token_id=[])  # < 24 + 300 + 64 slots: a pool of 512
+    assert model._decode_caches[1].capacity == 512
+    config = model.base_model.config
+    per_slot = config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * 4  # keys and values, fp32
+    assert model._decode_caches[1].bytes_per_slot() == per_slot
+    # The next call needs 600-odd slots: 768 exactly, 1024 doubled; doubling may take half the free memory.
+    monkeypatch.setattr(medusa_model, "free_memory", lambda device: 2 * 1024 * per_slot + spare)
+    tokens, _ = run(model, input_ids, max_new_tokens=500, max_steps=3, eos_token_id=[])
+    assert model._decode_caches[1].capacity == capacity
+    assert tokens == greedy_reference(model.base_model, input_ids, len(tokens))
+
+
 @pytest.mark.parametrize("tree, batch_size, count", [(None, 3, 9), ("none", 3, 9), (None, 16, 40)])
 def test_continuous_batching_refills_finished_rows_and_stays_greedy(tree, batch_size, count, monkeypatch):
     model = fitted("llama", 4)
@@ -323,3 +341,15 @@ def test_generation_across_a_span_boundary_stays_greedy(tree):
     input_ids = torch.randint(3, 320, (1, 240), generator=torch.Generator().manual_seed(17))
     tokens, _ = run(model, input_ids, max_new_tokens=NEW_TOKENS, medusa_choices=tree, eos_token_id=[])
     assert tokens == greedy_reference(model.base_model, input_ids, NEW_TOKENS)  # 240 + 40 tokens pass slot 256
+
+
+def test_free_memory_reads_the_hosts_available_memory_on_cpu():
+    from medusa.model.kv_cache import free_memory
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    before = free_memory(torch.device("cpu"))
+    held = torch.ones(256 << 20, dtype=torch.uint8)  # 256 MiB, touched
+    during = free_memory(torch.device("cpu"))
+    assert 0 < during < before <= total
+    assert before - during > 128 << 20  # other processes move it too, but not by that much this fast
+    del held

@@ -25,6 +25,21 @@ def round_up_to_block(slots: int) -> int:
     return -(-slots // SLOT_BLOCK) * SLOT_BLOCK
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes a new buffer on ``device`` could take: free device memory plus what torch's allocator holds
+    unused (CUDA), or the kernel's MemAvailable (CPU on Linux); None where neither is known."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration):
+            return None
+    return None
+
+
 class _StaticKVLayer(CacheLayerMixin):
     """One layer's buffers; writes go through :meth:`MedusaKVCache.update`."""
 
@@ -85,6 +100,10 @@ class MedusaKVCache(Cache):
         num_kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         weight = model.get_output_embeddings().weight
         return cls(config.num_hidden_layers, num_kv_heads, head_dim, capacity, batch_size, weight.dtype, weight.device)
+
+    def bytes_per_slot(self) -> int:
+        """Bytes one slot of one row takes over all layers (keys and values)."""
+        return self.buffer.element_size() * self.buffer.numel() // (self.batch_size * self.capacity)
 
     @property
     def batch_size(self) -> int:

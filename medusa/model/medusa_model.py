@@ -12,7 +12,7 @@ from . import checkpoint
 from .config import MedusaConfig
 from .generate import medusa_generate
 from .heads import MedusaHeads
-from .kv_cache import MedusaKVCache, round_up_to_block
+from .kv_cache import MedusaKVCache, free_memory, round_up_to_block
 from .medusa_choices import resolve_medusa_choices
 from .tree import TreeBuffers, generate_medusa_buffers, root_only_buffers
 from .tree_policy import POLICY_FILES, TreePolicy
@@ -173,13 +173,21 @@ class MedusaModel(nn.Module):
         all, so graphs are captured once for many prompts and rows can move between batch sizes); a
         call made while another generation holds that cache gets a private one. A call longer than
         the pool moves every batch size to at least twice the capacity (at most the model's context),
-        so a workload of growing prompts drops and recaptures its graphs only a few times.
+        so a workload of growing prompts drops and recaptures its graphs only a few times. It grows
+        to just ``capacity`` instead when the doubled cache would take more than half the memory free
+        on its device: doubling a large batch near the context can double a run's footprint.
         """
         pooled = list(self._decode_caches.values())
         if pooled and pooled[0].capacity < capacity:
             context = getattr(self.base_model.config.get_text_config(), "max_position_embeddings", None) or capacity
-            capacity = max(capacity, min(2 * pooled[0].capacity, context))
+            doubled = round_up_to_block(min(2 * pooled[0].capacity, context))
+            doubled_bytes = pooled[0].bytes_per_slot() * batch_size * doubled
+            device = pooled[0].buffer.device
+            del pooled  # the old buffers count as free once the pool lets them go
             self._decode_caches, self._graphs = {}, {}
+            free = free_memory(device)
+            if free is None or doubled_bytes <= free // 2:
+                capacity = max(capacity, doubled)
         capacity = max([round_up_to_block(capacity)] + [c.capacity for c in self._decode_caches.values()])
         cache = self._decode_caches.get(batch_size)
         if cache is not None and cache.in_use:
