@@ -102,12 +102,14 @@ def run_local(backend: LocalBackend, jobs: list[Job], system: str | None, writer
     """Groups of conversations; turn j of every conversation in a group that has one is answered together.
 
     A group holds eight batches, so the back end keeps a full batch decoding while the group's turn
-    lasts. A conversation is written as soon as its last turn is answered: an interrupted run loses
-    only the replies in flight.
+    lasts. Within a group, conversations start shortest first: rows decoding together then have
+    alike lengths, and every row attends over the slots its longest neighbour needs. Groups keep
+    the input's order, so a run stopped early has no bias towards short prompts. A conversation is
+    written as soon as its last turn is answered: an interrupted run loses only the replies in flight.
     """
     group = 8 * backend.batch_size
     for start in range(0, len(jobs), group):
-        batch = jobs[start:start + group]
+        batch = sorted(jobs[start:start + group], key=lambda job: sum(map(len, job.turns)))
         conversations, tokens = [opening(system) for _ in batch], [0] * len(batch)
         for turn in range(max(len(j.turns) for j in batch)):
             active = [i for i, j in enumerate(batch) if turn < len(j.turns)]

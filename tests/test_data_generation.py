@@ -66,6 +66,32 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(tiny, monkeypatch)
     assert generate(local_args(root, base, prompts, output)) == 0 and read_lines(output) == resumed
 
 
+def test_groups_keep_the_input_order_and_start_their_shortest_prompts_first(tmp_path):
+    from data_generation.generate import Job, Writer, run_local
+
+    class Recorder:
+        batch_size, calls = 2, []  # groups of 16 conversations
+
+        def answers(self, conversations):
+            self.calls.append([c[-1]["content"] for c in conversations])
+            yield from ((i, "ok", 1) for i in range(len(conversations)))
+
+    rng = torch.Generator().manual_seed(3)
+    lengths = torch.randint(1, 60, (40,), generator=rng).tolist()
+    jobs = [Job(f"p-{i}", 0, (f"x{i}:" + "x" * n,) + (("y" * (60 - n),) if i % 5 == 0 else ()))
+            for i, n in enumerate(lengths)]
+    writer = Writer(str(tmp_path / "out.jsonl"), len(jobs))
+    run_local(Recorder(), jobs, None, writer)
+    writer.close()
+    first_turns = [call for call in Recorder.calls if call[0].startswith("x")]
+    assert len(first_turns) == 3  # 16 + 16 + 8 conversations
+    for call, group in zip(first_turns, (jobs[:16], jobs[16:32], jobs[32:])):
+        total = {job.turns[0]: sum(map(len, job.turns)) for job in group}  # all user turns of a conversation
+        assert sorted(call) == sorted(total)  # the group's conversations, no other
+        assert [total[c] for c in call] == sorted(total.values())
+    assert len(read_lines(tmp_path / "out.jsonl")) == 40
+
+
 class FakeChatServer(BaseHTTPRequestHandler):
     """An OpenAI-compatible /v1/chat/completions that echoes and records how many requests overlap."""
 
