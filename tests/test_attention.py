@@ -59,6 +59,12 @@ def test_cases_it_does_not_fold_go_to_hugging_face_unchanged(monkeypatch):
     ungrouped = torch.randn(2, 2, 4, 16)
     assert grouped_sdpa_attention(Layer(1), ungrouped, key, value, mask)[0] == "hf"
     assert len(calls) == 6
+    monkeypatch.setattr(attention, "FOLD_MIN_BYTES", 0)
+    # a query as long as 2 x head_dim x kv_heads: the mask's tiling would add as many bytes as the copy
+    for q_len, expected in ((63, (2, 63, 6, 16)), (64, "hf")):
+        query, key, value, mask = inputs(2, 2, 3, q_len, 12, "float", seed=6)
+        out = grouped_sdpa_attention(Layer(3), query, key, value, mask[..., :12])[0]
+        assert out == expected if expected == "hf" else out.shape == expected
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])

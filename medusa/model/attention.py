@@ -11,7 +11,9 @@ It pays only where the copy is large. On an H200 (benchmarks/RESULTS.md: 135M sh
 prompts) it made a batch-64 greedy step 38 % faster, but a batch-1 Medusa step ~2 % slower (tiling
 the mask and copying the query cost more launches than the small copy saved). Below
 ``FOLD_MIN_BYTES`` of copy per layer (between the two measured points: batch 1 copies 0.8 MB, batch 64
-50 MB; not tuned) Hugging Face's path runs.
+50 MB; not tuned) Hugging Face's path runs. So does a forward whose tiled mask would outweigh the copy,
+``q >= 2 * head_dim * kv_heads`` for same-size elements: a prompt. Tiling a batch of long prompts' masks
+had taken tens of GB during data generation on the H200.
 
 Decoding uses it when asked (``medusa_generate(..., fold_gqa=True)``; the data generation back end
 does), for its own forwards only (:func:`grouped_query_attention`): other calls of the base model are
@@ -44,13 +46,17 @@ def grouped_sdpa_attention(module, query: torch.Tensor, key: torch.Tensor, value
         (``[batch, q, heads, head_dim]``, None), as Hugging Face's attention functions.
 
     Anything else (no mask, per-head masks, dropout, position bias, soft-capping, no grouping, a copy
-    under ``FOLD_MIN_BYTES``) goes to Hugging Face's own SDPA function unchanged.
+    under ``FOLD_MIN_BYTES``, or one smaller than the mask's tiling: long queries such as a prompt's) goes
+    to Hugging Face's own SDPA function unchanged.
     """
     groups = query.shape[1] // key.shape[1]
     copy_bytes = 2 * (groups - 1) * key.numel() * key.element_size()
+    tiling_bytes = (groups - 1) * query.shape[0] * query.shape[2] * key.shape[2] * (
+        attention_mask.element_size() if attention_mask is not None else 0)
     plain = (groups == 1 or attention_mask is None or attention_mask.ndim != 4 or attention_mask.shape[1] != 1
              or dropout or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
-             or copy_bytes < FOLD_MIN_BYTES)
+             or copy_bytes < FOLD_MIN_BYTES
+             or copy_bytes <= tiling_bytes)  # the tiled mask grows with the query: a prompt's outweighs the copy
     if plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
