@@ -3,8 +3,9 @@
 #
 #   scripts/train_demo_heads.sh BASE_DIR PROMPTS_JSONL WORK_DIR [NUM_PROMPTS] [stage...]
 #
-# The shipped heads (v4): DATA_BATCH=256 DATA_TIMEOUT=420 ... 17453 data, which kept 3,896 + 200
-# conversations, then CONFIGS=shared_lm_head:3:2 EPOCHS=3 ... train eval (benchmarks/RESULTS.md).
+# The shipped heads (v5): DATA_BATCH=256 DATA_SHARDS=2 ... 17453 data, stopped by an out-of-memory error
+# and resumed with DATA_BATCH=160 until the next one: 8,802 + 200 conversations. Then
+# CONFIGS=shared_lm_head:3:3 EPOCHS=3 BATCH=32 ... train eval (benchmarks/RESULTS.md, fifth GPU session).
 # stages: data (self-distil answers to NUM_PROMPTS prompts sampled with seed 0), train (own vs shared
 # lm_head, 3 and 5 heads), eval (head accuracy and simulated tokens/step on MT-bench first turns).
 # Default: all three. Each training run writes WORK_DIR/heads_<type>_<n>/ with training_summary.json;
@@ -14,7 +15,8 @@
 #                   (shared_lm_head:3:2 writes heads_shared_lm_head_3_l2, shared_lm_head:3:1:0.5
 #                   heads_shared_lm_head_3_kd0.5)
 #   EPOCHS (2), BATCH (per-device batch, 16)
-#   TRAIN_PARALLEL  1: train every config at once, each logging to WORK_DIR/train_<name>.log
+#   TRAIN_PARALLEL  1: train every config at once, each logging to WORK_DIR/train_<name>.log; they
+#                   need the memory of all at once (at BATCH=32 one run held up to 98 GB of an H200)
 #   DATA_BATCH      decoding batch of the data stage (128)
 #   DATA_SHARDS     generating processes sharing the GPU (1)
 #   DATA_TIMEOUT    seconds of data generation, then stop cleanly and keep what is written; a rerun
@@ -55,7 +57,7 @@ open(f"{sys.argv[1]}/eval.jsonl", "w").write("\n".join(lines[:200]) + "\n")
 PY
 fi
 
-names=()
+names=() pids=()
 for config in ${CONFIGS:-shared_lm_head:3 shared_lm_head:5 own_lm_head:3 own_lm_head:5}; do
   IFS=: read -r type heads layers distill <<< "$config"
   layers=${layers:-1} distill=${distill:-0} name=${type}_${heads}
@@ -74,10 +76,10 @@ for config in ${CONFIGS:-shared_lm_head:3 shared_lm_head:5 own_lm_head:3 own_lm_
         --medusa_num_heads "$heads" --medusa_num_layers "$layers" --medusa_head_type "$type" \
         --medusa_distillation "$distill" \
         --dataloader_num_workers 2 --report_to none > >(tee "$WORK/train_${name}.log") 2>&1 &
-    [[ ${TRAIN_PARALLEL:-0} == 1 ]] || wait $!
+    if [[ ${TRAIN_PARALLEL:-0} == 1 ]]; then pids+=($!); else wait $!; fi
   fi
 done
-wait
+for pid in "${pids[@]}"; do wait "$pid"; done  # a failed run stops the script before its evaluation
 if [[ " $STAGES " == *" eval "* ]]; then
   for name in "${names[@]}"; do
     python3 -m medusa.eval.heads_accuracy --model "$WORK/heads_${name}" --base-model "$BASE" \
