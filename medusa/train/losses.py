@@ -34,31 +34,28 @@ def medusa_head_losses(head_logits: torch.Tensor, labels: torch.Tensor, teacher_
     losses, stats = [], []
     for k in range(head_logits.shape[0]):
         shift = k + 2
-        logits = head_logits[k, :, :-shift].float()  # [B, S - shift, V]
         target = labels[:, shift:]  # [B, S - shift]
         valid = target != IGNORE_INDEX
         count = valid.sum()
-        ce_sum = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        # Only the positions with a target go to fp32: on chat data with padding, a fraction of all. The
+        # fp32 copy and what the loss keeps for its backward are each [n, V] per head.
+        logits = head_logits[k, :, :-shift][valid].float()  # [n, V]
+        target = target[valid]  # [n]
+        ce_sum = F.cross_entropy(logits, target, reduction="sum")
         loss = ce = ce_sum / count.clamp(min=1)
         if distillation:
-            kl = distillation_kl(logits, teacher_logits[:, shift - 1:-1], valid)
+            kl = distillation_kl(logits, teacher_logits[:, shift - 1:-1][valid])
             loss = (1 - distillation) * ce + distillation * kl
         losses.append(loss)
         with torch.no_grad():
-            top = logits[valid].topk(min(5, logits.shape[-1]), dim=-1).indices  # [n, 5]
-            hits = top == target[valid][:, None]
+            hits = logits.topk(min(5, logits.shape[-1]), dim=-1).indices == target[:, None]  # [n, 5]
             stats.append(torch.stack([count.float(), hits[:, 0].sum().float(), hits.any(-1).sum().float(), ce_sum]))
     return torch.stack(losses), torch.stack(stats)
 
 
-def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """KL(teacher ‖ student) of the next-token distributions, averaged over positions where ``mask`` is true.
-
-    Args:
-        student_logits, teacher_logits: ``[B, S, V]``.
-        mask: ``[B, S]`` bool, the positions whose next token is a target.
-    """
-    student = F.log_softmax(student_logits[mask].float(), dim=-1)
-    teacher = F.log_softmax(teacher_logits[mask].float(), dim=-1)
+def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher ‖ student) of next-token distributions ``[n, V]`` (one per row), averaged over the rows."""
+    student = F.log_softmax(student_logits.float(), dim=-1)
+    teacher = F.log_softmax(teacher_logits.float(), dim=-1)
     kl = F.kl_div(student, teacher, log_target=True, reduction="sum")
-    return kl / mask.sum().clamp(min=1)
+    return kl / max(student.shape[0], 1)

@@ -76,11 +76,11 @@ def detached_backbone(model):
 
 def next_token_loss(logits, labels, teacher_logits=None) -> torch.Tensor:
     """L_LM over ``[B, S, V]`` logits: CE on ``labels`` shifted by one, or KL to ``teacher_logits`` there."""
-    targets = labels[:, 1:]
+    valid = labels[:, 1:] != IGNORE_INDEX
+    logits = logits[:, :-1][valid]  # [n, V]: only positions with a target go to fp32
     if teacher_logits is None:
-        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
-                                                 ignore_index=IGNORE_INDEX)
-    return distillation_kl(logits[:, :-1], teacher_logits[:, :-1], targets != IGNORE_INDEX)
+        return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][valid])
+    return distillation_kl(logits, teacher_logits[:, :-1][valid])
 
 
 class Medusa2Trainer(MedusaTrainer):
