@@ -5,20 +5,16 @@ fraction of positions carrying a target, as on chat data where only assistant to
 ``--losses-file`` measures another version of ``medusa/train/losses.py``:
 
     git show 68fe87e:medusa/train/losses.py > /tmp/old_losses.py
-    python benchmarks/loss_memory.py --losses-file /tmp/old_losses.py
-    python benchmarks/loss_memory.py
+    python -m benchmarks.loss_memory --losses-file /tmp/old_losses.py
+    python -m benchmarks.loss_memory
 """
 
 import argparse
-import importlib.util
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.prefill_memory import resident_gib  # noqa: E402
-from medusa.train import losses  # noqa: E402
+from benchmarks.host_memory import load_module_file, peak_added
+from medusa.train import losses
 
 
 def main() -> None:
@@ -30,23 +26,16 @@ def main() -> None:
     parser.add_argument("--targets", type=float, default=0.3, help="fraction of positions with a target")
     parser.add_argument("--losses-file", help="a losses.py to measure in place of this checkout's")
     args = parser.parse_args()
-    module = losses
-    if args.losses_file:
-        spec = importlib.util.spec_from_file_location("medusa.train.other_losses", args.losses_file)  # its relative imports: ours
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    # named inside medusa.train, so its relative imports resolve to this checkout's modules
+    module = load_module_file("medusa.train.other_losses", args.losses_file) if args.losses_file else losses
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(args.heads, args.batch, args.seq, args.vocab, generator=generator).bfloat16().requires_grad_()
     labels = torch.randint(args.vocab, (args.batch, args.seq), generator=generator)
     labels[torch.rand(args.batch, args.seq, generator=generator) >= args.targets] = losses.IGNORE_INDEX
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # the peak (VmHWM) starts again from the current resident size
-    before = resident_gib("VmRSS:")
-    head_losses, _ = module.medusa_head_losses(logits, labels)
-    head_losses.sum().backward()
+    _, added = peak_added(lambda: module.medusa_head_losses(logits, labels)[0].sum().backward())
     print(f"{args.heads} heads x {args.batch} x {args.seq} x {args.vocab}, {args.targets:.0%} targets"
           f"{', ' + args.losses_file if args.losses_file else ''}: loss and backward added "
-          f"{resident_gib('VmHWM:') - before:.2f} GiB; logits {logits.numel() * 2 / 2**30:.2f} GiB")
+          f"{added:.2f} GiB; logits {logits.numel() * 2 / 2**30:.2f} GiB")
 
 
 if __name__ == "__main__":

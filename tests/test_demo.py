@@ -151,8 +151,8 @@ def test_prefill_memory_benchmark_reports_what_the_prefill_adds():
     import sys
 
     # its own process: in this one, heap pages freed by earlier tests would absorb the prefill unseen
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "prefill_memory.py")
-    out = subprocess.run([sys.executable, script, "--rows", "2", "--length", "400"],
-                         capture_output=True, text=True, check=True).stdout
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "benchmarks.prefill_memory", "--rows", "2", "--length", "400"],
+                         cwd=repo, capture_output=True, text=True, check=True).stdout
     added = float(re.fullmatch(r"2 x 400 tokens, fold_gqa=True: the prefill's peak added ([\d.]+) GiB\n", out).group(1))
     assert 0 < added < 1.0  # measured 0.04: the activations of 800 tokens (the cache was allocated before)

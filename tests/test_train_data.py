@@ -156,9 +156,9 @@ def test_loss_memory_benchmark_reports_what_the_loss_adds():
     import subprocess
     import sys
 
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "loss_memory.py")
-    out = subprocess.run([sys.executable, script, "--batch", "2", "--seq", "512", "--vocab", "8192"],
-                         capture_output=True, text=True, check=True).stdout
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "benchmarks.loss_memory", "--batch", "2", "--seq", "512", "--vocab", "8192"],
+                         cwd=repo, capture_output=True, text=True, check=True).stdout
     added, logits = map(float, re.fullmatch(r"3 heads x 2 x 512 x 8192, 30% targets: loss and backward added "
                                             r"([\d.]+) GiB; logits ([\d.]+) GiB\n", out).groups())
     assert logits == 0.05 and logits < added < 1.0  # at least the logits' gradient
