@@ -51,12 +51,12 @@ def grouped_sdpa_attention(module, query: torch.Tensor, key: torch.Tensor, value
     """
     groups = query.shape[1] // key.shape[1]
     copy_bytes = 2 * (groups - 1) * key.numel() * key.element_size()
-    tiling_bytes = (groups - 1) * query.shape[0] * query.shape[2] * key.shape[2] * (
-        attention_mask.element_size() if attention_mask is not None else 0)
     plain = (groups == 1 or attention_mask is None or attention_mask.ndim != 4 or attention_mask.shape[1] != 1
              or dropout or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
              or copy_bytes < FOLD_MIN_BYTES
-             or copy_bytes <= tiling_bytes)  # the tiled mask grows with the query: a prompt's outweighs the copy
+             # the tiled mask grows with the query: a prompt's outweighs the copy
+             or copy_bytes <= (groups - 1) * query.shape[0] * query.shape[2] * key.shape[2]
+             * attention_mask.element_size())
     if plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
