@@ -81,7 +81,7 @@ def test_compaction_equals_fresh_forward_over_accepted_sequence(arch):
             num_accepted = torch.randint(0, valid, (1,), generator=gen).item()  # accepted non-root tokens
             cache, _ = prefill(model, prompt, 2 * PROMPT_LEN + buffers.num_nodes)
             forward_into_cache(model, tokens, buffers.attn_mask, PROMPT_LEN + buffers.position_ids, cache)
-            cache.accept(path[None], torch.tensor([num_accepted + 1]))
+            cache.accept(path[None], torch.tensor([num_accepted + 1]), tokens[path][None])
             accepted = torch.cat([prompt, tokens[path[: num_accepted + 1]]])
             assert cache.length == accepted.shape[0]
             fresh = model(accepted[None], use_cache=True).past_key_values

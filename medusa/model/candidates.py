@@ -1,26 +1,74 @@
-"""Candidate generation: the tree's tokens from the base logits and the heads' top-k (DESIGN.md §3)."""
+"""Candidate generation: the tree's tokens from the base logits, the heads' top-k and text copied from
+earlier in the sequence (prompt lookup)."""
 
 import torch
 
 from .tree import TreeBuffers
 
+# Copy branches by default: chains per tree, tokens per chain, and the longest n-gram matched (a longer
+# match predicts its continuation better, so it ranks first).
+COPY_CHAINS = 2
+COPY_DEPTH = 10
+COPY_NGRAM = 3
 
-def generate_candidates(root: torch.Tensor, head_logits: torch.Tensor, buffers: TreeBuffers) -> tuple[torch.Tensor, torch.Tensor]:
+
+def copy_candidates(text: torch.Tensor, length: torch.Tensor, chains: int, depth: int,
+                    max_ngram: int = COPY_NGRAM) -> torch.Tensor:
+    """Prompt lookup on the device, with static shapes: the continuations of earlier occurrences of the text's end.
+
+    For each row, the last n tokens of ``text[b, : length[b] + 1]`` (n = ``max_ngram`` down to 1) are
+    looked for earlier in that text; each earlier end position p is scored by the longest n that
+    matches there, ties broken by recency (larger p). The ``chains`` best positions each propose the
+    ``depth`` tokens that followed them; a continuation that runs past the end of the text repeats its
+    last token, and a row with fewer matches than ``chains`` gets continuations of non-matching
+    positions. Neither matters for correctness: copied tokens are verified like any other candidate.
+
+    Args:
+        text: ``[batch, span]`` token ids; row b's text is its first ``length[b] + 1`` entries (the
+            cached tokens, then the root). span > max(length).
+        length: ``[batch]`` long.
+
+    Returns:
+        ``[batch, chains, depth]`` long.
+    """
+    batch, span = text.shape
+    positions = torch.arange(span, device=text.device)
+    query = text.gather(1, (length[:, None] - torch.arange(max_ngram, device=text.device)).clamp_min(0))  # [batch, n]
+    run = torch.ones_like(text, dtype=torch.bool)  # the k + 1 tokens ending at p match the text's end
+    matched = torch.zeros_like(text)  # [batch, span] longest n-gram (up to max_ngram) ending at p
+    for k in range(max_ngram):
+        shifted = torch.nn.functional.pad(text, (k, 0), value=-1)[:, :span]  # text[b, p - k]
+        run = run & (shifted == query[:, k, None]) & (length[:, None] >= k)
+        matched += run
+    # End positions before the query itself, so at least one token follows the match.
+    score = torch.where((positions < length[:, None]) & (matched > 0), matched * span + positions, -1)
+    ends = score.topk(chains, dim=-1).indices  # [batch, chains]
+    follow = ends[:, :, None] + 1 + torch.arange(depth, device=text.device)  # [batch, chains, depth]
+    follow = torch.minimum(follow, length[:, None, None])
+    return text.gather(1, follow.flatten(1)).view(batch, chains, depth)
+
+
+def generate_candidates(root: torch.Tensor, head_logits: torch.Tensor, buffers: TreeBuffers,
+                        copies: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fill each row's tree with tokens.
 
     Args:
         root: ``[batch]`` the token that follows each row's accepted sequence.
         head_logits: ``[batch, heads, V]`` the heads' logits at each row's last accepted position
-            (unused for a root-only tree).
+            (unused for a tree without head nodes).
         buffers: the tree.
+        copies: ``[batch, copy_chains, copy_depth]`` the copy branches' tokens (:func:`copy_candidates`),
+            for a tree that has them.
 
     Returns:
         tree_candidates ``[batch, T]`` (one token per node, node order) and candidates
         ``[batch, leaves, depth + 1]`` (each root-to-leaf path's tokens; padding repeats the root).
     """
-    flat = root[:, None]
-    if buffers.depth:
-        top = head_logits[:, : buffers.depth].topk(buffers.top_k, dim=-1).indices  # [batch, depth, top_k]
-        flat = torch.cat([flat, top.flatten(1)], dim=1)
-    tree_candidates = flat[:, buffers.tree_indices]
+    flat = [root[:, None]]
+    if buffers.head_depth:
+        top = head_logits[:, : buffers.head_depth].topk(buffers.top_k, dim=-1).indices  # [batch, depth, top_k]
+        flat.append(top.flatten(1))
+    if buffers.copy_chains:
+        flat.append(copies.flatten(1))
+    tree_candidates = torch.cat(flat, dim=1)[:, buffers.tree_indices]
     return tree_candidates, tree_candidates[:, buffers.retrieve_indices]

@@ -7,7 +7,7 @@ from functools import cache, partial
 import torch
 
 from .attention import grouped_query_attention
-from .candidates import generate_candidates
+from .candidates import COPY_CHAINS, COPY_DEPTH, copy_candidates, generate_candidates
 from .cuda_graph import GraphedStep
 from .kv_cache import MedusaKVCache
 from .masks import model_attention_mask
@@ -58,28 +58,34 @@ def tree_step(model, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Ten
         new), accept_length ``[batch]``, the next roots ``[batch]`` and the head logits
         ``[batch, heads, V]`` at each row's last accepted token.
     """
-    tree_candidates, candidates = generate_candidates(root, head_logits, buffers)
+    copies = None
+    if buffers.copy_chains:
+        copies = copy_candidates(cache.text(root), cache.length, buffers.copy_chains, buffers.copy_depth)
+    tree_candidates, candidates = generate_candidates(root, head_logits, buffers, copies)
     hidden = _forward(model, tree_candidates, buffers.attn_mask, cache.length[:, None] + buffers.position_ids, cache,
                       fold_gqa)
     logits = model.lm_logits(hidden)  # [batch, T, V]
     if sampling == "lossless":
         rows = [evaluate_posterior_lossless(logits[b], tree_candidates[b], buffers, temperature, top_k, top_p, generator)
                 for b in range(logits.shape[0])]
-        best, accept_length, next_root = (torch.stack(column) for column in zip(*rows))
-    elif sampling == "greedy":
-        predictions = logits.argmax(-1)[:, buffers.retrieve_indices]  # [batch, leaves, depth + 1]
-        best, accept_length = evaluate_posterior_greedy(predictions, candidates, buffers.path_valid)
-        next_root = _per_row(_per_row(predictions, best), accept_length)
+        path, accept_length, next_root = (torch.stack(column) for column in zip(*rows))
     else:
-        path_logits = logits[:, buffers.retrieve_indices]
-        best, accept_length = evaluate_posterior_typical(path_logits, candidates, buffers.path_valid, temperature,
-                                                         posterior_threshold, posterior_alpha, top_k, top_p)
-        next_root = choose_root(_per_row(_per_row(path_logits, best), accept_length), temperature, top_k, top_p, generator)
-    path = buffers.retrieve_indices[best]  # [batch, depth + 1]
-    cache.accept(path, (accept_length + 1) * active)
-    if buffers.depth:
+        if sampling == "greedy":
+            predictions = logits.argmax(-1)[:, buffers.retrieve_indices]  # [batch, leaves, depth + 1]
+            best, accept_length = evaluate_posterior_greedy(predictions, candidates, buffers.path_valid)
+            next_root = _per_row(_per_row(predictions, best), accept_length)
+        else:
+            path_logits = logits[:, buffers.retrieve_indices]
+            best, accept_length = evaluate_posterior_typical(path_logits, candidates, buffers.path_valid, temperature,
+                                                             posterior_threshold, posterior_alpha, top_k, top_p)
+            next_root = choose_root(_per_row(_per_row(path_logits, best), accept_length), temperature, top_k, top_p,
+                                    generator)
+        path = buffers.retrieve_indices[best]  # [batch, depth + 1]
+    tokens = tree_candidates.gather(1, path)
+    cache.accept(path, (accept_length + 1) * active, tokens)
+    if buffers.head_depth:
         head_logits = model.head_logits(_per_row(hidden, _per_row(path, accept_length))).transpose(0, 1)
-    return _per_row(candidates, best), accept_length, next_root, head_logits
+    return tokens, accept_length, next_root, head_logits
 
 
 def _eos_ids(model, eos_token_id) -> set[int]:
@@ -133,7 +139,8 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
                     posterior_alpha: float = 0.3, eos_token_id: int | list[int] | None = None,
                     generator: torch.Generator | None = None, sampling: str | None = None, top_k: int = 0,
                     top_p: float = 1.0, cuda_graph: bool | None = None, tree_policy=None,
-                    batch_size: int | None = None, compile_step: bool = False, fold_gqa: bool = False) -> Iterator:
+                    batch_size: int | None = None, compile_step: bool = False, fold_gqa: bool = False,
+                    copy_chains: int = COPY_CHAINS, copy_depth: int = COPY_DEPTH) -> Iterator:
     """Generate with Medusa heads, yielding after every step.
 
     Args:
@@ -166,6 +173,10 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
             rotary embedding, masks) before any graph capture; greedy and typical sampling only.
             Each new tree, batch size or cache span (256 slots) compiles on first use (seconds to
             minutes); up to ``COMPILE_VARIANTS`` of them per process, then new ones run uncompiled.
+        copy_chains, copy_depth: copy branches (prompt lookup) added to every tree that speculates:
+            ``copy_chains`` chains of ``copy_depth`` tokens that followed the latest earlier occurrences
+            of the text's last 1-3 tokens (in the prompt or the reply so far). 0 chains: heads only.
+            With ``medusa_choices="none"`` and chains, only copied tokens are speculated.
         fold_gqa: for grouped-query models, attend without copying the cache per layer
             (:mod:`medusa.model.attention`): on an H200, batch-64 greedy steps of the demo shape 38 %
             faster, batch-1 Medusa steps ~2 % slower. Off by default: a tree policy's cost curve is
@@ -184,7 +195,8 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
         raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
     batch_size = min(batch_size or len(prompts), len(prompts))
     sampling = resolve_sampling(sampling, temperature, top_k, top_p)
-    trees = _tree_chooser(model, medusa_choices, tree_policy)
+    _check_copy_shape(copy_chains, copy_depth)
+    trees = _tree_chooser(model, medusa_choices, tree_policy, copy_chains, copy_depth)
     used = [trees(n) for n in range(1, batch_size + 1)]  # every batch size the rows can shrink to
     tree_size, depth = max(b.num_nodes for b in used), max(b.depth for b in used)
     longest = max(p.shape[0] for p in prompts)
@@ -226,12 +238,27 @@ def _compiled_tree_step(backend: str):
     return step
 
 
-def _tree_chooser(model, medusa_choices, tree_policy):
-    """``batch_size -> TreeBuffers``: the fixed tree, else the policy's, else the default preset."""
+def _check_copy_shape(copy_chains, copy_depth) -> None:
+    for name, value in (("copy_chains", copy_chains), ("copy_depth", copy_depth)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer; got {value!r}.")
+    if copy_chains and not copy_depth:
+        raise ValueError("copy_depth must be at least 1 when copy_chains > 0.")
+
+
+def _tree_chooser(model, medusa_choices, tree_policy, copy_chains: int, copy_depth: int):
+    """``batch_size -> TreeBuffers``: the fixed tree, else the policy's, else the default preset; with the
+    copy branches added to any of them but ``"none"`` given by a policy (no speculation at all)."""
     policy = tree_policy or model.tree_policy
     if medusa_choices is not None or policy is None:
-        return lambda batch_size: model.tree_buffers(medusa_choices)
-    return lambda batch_size: model.tree_buffers(policy.choices(batch_size))
+        return lambda batch_size: model.tree_buffers(medusa_choices, copy_chains, copy_depth if copy_chains else 0)
+
+    def chosen(batch_size):
+        choices = policy.choices(batch_size)
+        chains = 0 if choices == "none" else copy_chains
+        return model.tree_buffers(choices, chains, copy_depth if chains else 0)
+
+    return chosen
 
 
 def _single(tokenizer, decoder: Iterator[list[dict]]) -> Iterator[dict]:
@@ -271,7 +298,7 @@ def prefill(model, prompts: list[torch.Tensor], cache: MedusaKVCache, fold_gqa: 
     cache.check_capacity(padded.shape[1])
     cache.fit_span(padded.shape[1])
     hidden = _per_row(_forward(model, padded, causal, positions, cache, fold_gqa), prompt_lens - 1)  # [batch, d]
-    cache.commit(prompt_lens)
+    cache.commit(prompt_lens, padded)
     return hidden
 
 

@@ -1,7 +1,7 @@
 """A pre-allocated KV cache owned by the library, handed to stock HF models as a ``Cache``.
 
-One buffer pair per layer, ``[batch, kv_heads, capacity, head_dim]``, and one committed length per
-row. A forward over ``q`` new tokens writes row b's at slots ``[length[b], length[b] + q)`` and
+One buffer pair per layer, ``[batch, kv_heads, capacity, head_dim]``, the token ids of the cached
+entries ``[batch, capacity]`` (the text that copy branches look up), and one committed length per row. A forward over ``q`` new tokens writes row b's at slots ``[length[b], length[b] + q)`` and
 attends over the first ``span`` slots (a multiple of ``SLOT_BLOCK`` that holds every row and the new
 tokens, so early steps skip the empty end of the buffer); the 4D mask (:mod:`medusa.model.masks`)
 hides slots that hold nothing valid. After a tree step, :meth:`MedusaKVCache.accept` moves each row's accepted path to the front of
@@ -86,6 +86,7 @@ class MedusaKVCache(Cache):
         self.buffer = torch.zeros(num_layers, 2, batch_size, num_kv_heads, capacity, head_dim, dtype=dtype, device=device)
         super().__init__(layers=[_StaticKVLayer(self.buffer[i, 0], self.buffer[i, 1]) for i in range(num_layers)])
         self.capacity = capacity
+        self.tokens = torch.zeros(batch_size, capacity, dtype=torch.long, device=device)  # ids of the cached entries
         self.length = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.host_length = 0
         self.span = capacity
@@ -154,29 +155,49 @@ class MedusaKVCache(Cache):
         layer.values.scatter_(2, index, value_states.detach())
         return layer.keys[:, :, : self.span], layer.values[:, :, : self.span]
 
-    def commit(self, num_tokens: torch.Tensor | int) -> None:
-        """Count the ``num_tokens`` (int, or ``[batch]`` on the device) entries just written as part of each row."""
+    def commit(self, num_tokens: torch.Tensor | int, token_ids: torch.Tensor | None = None) -> None:
+        """Count the ``num_tokens`` (int, or ``[batch]`` on the device) entries just written as part of each row.
+
+        ``token_ids`` ``[batch, n]``: their ids (row b's first ``num_tokens[b]``), recorded in :attr:`tokens`.
+        """
         num_tokens = torch.as_tensor(num_tokens, device=self.length.device).expand(self.batch_size)
         longest = int((self.length + num_tokens).max())
         self.check_capacity(longest - self.host_length)
+        if token_ids is not None:
+            self._write_tokens(token_ids)
         self.length += num_tokens
         self.host_length = longest
 
-    def accept(self, node_indices: torch.Tensor, num_accepted: torch.Tensor) -> None:
+    def _write_tokens(self, token_ids: torch.Tensor) -> None:
+        """Record ``token_ids`` ``[batch, n]`` at slots ``[length[b], length[b] + n)`` (entries past what a row
+        keeps are overwritten by its next write)."""
+        self.tokens.scatter_(1, self.length[:, None] + self._slots[: token_ids.shape[1]], token_ids)
+
+    def accept(self, node_indices: torch.Tensor, num_accepted: torch.Tensor, token_ids: torch.Tensor) -> None:
         """Keep each row's accepted path of the tree just written after its ``length`` (device side only).
 
         Args:
-            node_indices: ``[batch, depth + 1]`` tree node indices of one root-to-leaf path per row
-                (padding may be any valid index); entry i moves to slot ``length[b] + i``.
+            node_indices: ``[batch, depth + 1]`` tree node indices of one path per row (padding may be
+                any valid index); entry i moves to slot ``length[b] + i``. Consecutive entries need not
+                be parent and child, only carry the same tokens as a root-to-node path.
             num_accepted: ``[batch]`` how many leading entries of each path were accepted; ``length``
                 grows by it. The caller updates ``host_length`` once it has read the counts.
+            token_ids: ``[batch, depth + 1]`` the path's tokens.
         """
         shape = self.buffer[..., : node_indices.shape[1], :].shape
         src = self._slot_index(node_indices, shape)
         dst = self._slot_index(self._slots[: node_indices.shape[1]].expand(self.batch_size, -1), shape)
         # gather copies first, so overlapping src/dst is safe.
         self.buffer.scatter_(4, dst, self.buffer.gather(4, src))
+        self._write_tokens(token_ids)
         self.length += num_accepted
+
+    def text(self, root: torch.Tensor) -> torch.Tensor:
+        """Each row's cached token ids followed by ``root`` ``[batch]``: ``[batch, span]``, row b's first
+        ``length[b] + 1`` entries valid (device side only; writes the root into :attr:`tokens`, where the
+        step's accepted path, which starts with it, lands anyway)."""
+        self.tokens.scatter_(1, self.length[:, None], root[:, None])
+        return self.tokens[:, : self.span]
 
     def copy_rows_to(self, target: "MedusaKVCache", rows: torch.Tensor, target_rows: torch.Tensor | None = None) -> None:
         """Copy ``rows`` ``[n]`` of this cache (entries and lengths) into rows ``target_rows`` of ``target``.
@@ -189,6 +210,7 @@ class MedusaKVCache(Cache):
         if target_rows is None:
             target_rows = torch.arange(target.batch_size, device=rows.device)
         target.buffer[..., : self.capacity, :].index_copy_(2, target_rows, entries)
+        target.tokens[:, : self.capacity].index_copy_(0, target_rows, self.tokens.index_select(0, rows))
         target.length.index_copy_(0, target_rows, self.length.index_select(0, rows))
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

@@ -14,7 +14,7 @@ from .generate import medusa_generate
 from .heads import MedusaHeads
 from .kv_cache import MedusaKVCache, free_memory, round_up_to_block
 from .medusa_choices import resolve_medusa_choices
-from .tree import TreeBuffers, generate_medusa_buffers, root_only_buffers
+from .tree import TreeBuffers, generate_medusa_buffers
 from .tree_policy import POLICY_FILES, TreePolicy
 
 
@@ -75,6 +75,7 @@ class MedusaModel(nn.Module):
         """
         raw = checkpoint.read_config(path)
         state_dict = checkpoint.read_heads_state_dict(path)
+        override = base_model is not None
         if base_model is None:
             base_model = path if checkpoint.is_full_model(path) else raw.get("base_model_name_or_path")
             if not base_model:
@@ -87,6 +88,8 @@ class MedusaModel(nn.Module):
         text_config = base_model.config.get_text_config()
         vocab_size = base_model.get_output_embeddings().weight.shape[0]
         config = checkpoint.resolve_config(raw, state_dict, text_config.hidden_size, vocab_size)
+        if override and getattr(base_model.config, "_name_or_path", None):
+            config.base_model_name_or_path = base_model.config._name_or_path  # the tokenizer comes from there too
         model = cls(base_model, config)
         checkpoint.load_heads_strict(model.medusa_head, state_dict)
         accuracy, cost = (os.path.join(path, name) for name in POLICY_FILES)
@@ -156,13 +159,14 @@ class MedusaModel(nn.Module):
         return (medusa_logits, self.lm_logits(hidden)) if output_orig else medusa_logits
 
     # ----------------------------------------------------------------------------- generation
-    def tree_buffers(self, medusa_choices=None) -> TreeBuffers:
-        """Buffers for a tree (preset name, JSON, file or list; None = default; "none" = no speculation)."""
+    def tree_buffers(self, medusa_choices=None, copy_chains: int = 0, copy_depth: int = 0) -> TreeBuffers:
+        """Buffers for a tree of head paths (preset name, JSON, file or list; None = default; "none" = no
+        head nodes) with ``copy_chains`` copy branches of ``copy_depth`` tokens (prompt lookup)."""
         device = self.lm_head.weight.device
         tree = [] if medusa_choices == "none" else resolve_medusa_choices(medusa_choices, self.config.medusa_num_heads)
-        key = tuple(map(tuple, tree))
+        key = (tuple(map(tuple, tree)), copy_chains, copy_depth)
         if key not in self._trees:
-            self._trees[key] = generate_medusa_buffers(tree, device) if tree else root_only_buffers(device)
+            self._trees[key] = generate_medusa_buffers(tree, device, copy_chains, copy_depth)
         return self._trees[key]
 
     @contextmanager
@@ -224,4 +228,4 @@ class MedusaModel(nn.Module):
 
     def greedy_generate(self, input_ids: torch.Tensor, **kwargs):
         """Plain greedy decoding, one token per step, on the same cache and graph machinery (the baseline)."""
-        return medusa_generate(self, input_ids, medusa_choices="none", **kwargs)
+        return medusa_generate(self, input_ids, medusa_choices="none", copy_chains=0, **kwargs)

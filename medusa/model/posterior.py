@@ -85,31 +85,43 @@ def evaluate_posterior_lossless(tree_logits: torch.Tensor, tree_candidates: torc
     """Tree speculative sampling: the emitted tokens are distributed as sampling from the base model.
 
     Walk down from the root: at each node, with p its base distribution, run :func:`rejection_chain`
-    over its children (distinct top-k tokens of the next head, fixed before p is seen). An accepted
-    child is emitted and the walk continues below it; otherwise the bonus token is drawn from the
-    residual (from p itself at a leaf) and becomes the next step's root. Each token emitted after a
-    prefix is distributed as p at that prefix, so the output is exact ancestral sampling.
+    over its children's distinct tokens (fixed before p is seen: the next head's top-k, the copy
+    branches' next token). An accepted token is emitted and the walk continues below it; otherwise the
+    bonus token is drawn from the residual (from p itself at a leaf) and becomes the next step's root.
+    Each token emitted after a prefix is distributed as p at that prefix, so the output is exact
+    ancestral sampling.
+
+    A copy branch may propose a token that a head node beside it proposes too. Both nodes then stand
+    for the same prefix, so the walk treats them as one: their children are pooled, and the path it
+    returns may continue from either (their cache entries are the same).
 
     Args:
         tree_logits: ``[T, V]`` base logits at one row's tree nodes; tree_candidates: ``[T]`` their tokens.
         generator: all randomness (on the logits' device).
 
     Returns:
-        ``(best_path, accept_length, next_root)``, 0-d each: a row of ``buffers.retrieve_indices``
-        through the last accepted node, the accepted depth, and the bonus token.
+        ``(path, accept_length, next_root)``: ``[depth + 1]`` node indices whose first
+        ``accept_length + 1`` hold the accepted tokens (root first; padded with 0), the accepted depth
+        (0-d), and the bonus token (0-d).
     """
-    node, depth = 0, 0
+    tokens = tree_candidates.tolist()
+    nodes, path = [0], [0]  # nodes: every tree node standing for the accepted prefix
     while True:
-        probs = sampling_probs(tree_logits[node], temperature, top_k, top_p)
-        children = buffers.children[node]
-        if not children:
+        probs = sampling_probs(tree_logits[nodes[0]], temperature, top_k, top_p)
+        by_token: dict[int, list[int]] = {}
+        for child in (c for n in nodes for c in buffers.children[n]):
+            by_token.setdefault(tokens[child], []).append(child)
+        if not by_token:
             residual = probs
             break
-        accept, residual = rejection_chain(probs, tree_candidates[list(children)])
-        accepted = torch.rand(len(children), generator=generator, device=probs.device) < accept
-        hits = accepted.nonzero().flatten().tolist()  # the first hit is the child accepted in rank order
+        proposed = list(by_token)
+        accept, residual = rejection_chain(probs, torch.tensor(proposed, device=probs.device))
+        accepted = torch.rand(len(proposed), generator=generator, device=probs.device) < accept
+        hits = accepted.nonzero().flatten().tolist()  # the first hit is the token accepted in rank order
         if not hits:
             break
-        node, depth = children[hits[0]], depth + 1
-    best = torch.tensor(buffers.path_row[node], device=tree_logits.device)
-    return best, torch.tensor(depth, device=tree_logits.device), torch.multinomial(residual, 1, generator=generator)[0]
+        nodes = by_token[proposed[hits[0]]]
+        path.append(nodes[0])
+    device = tree_logits.device
+    padded = torch.tensor(path + [0] * (buffers.depth + 1 - len(path)), device=device)
+    return padded, torch.tensor(len(path) - 1, device=device), torch.multinomial(residual, 1, generator=generator)[0]
