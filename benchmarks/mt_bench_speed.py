@@ -29,6 +29,16 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
+def tree_arguments(spec: str) -> dict:
+    """``medusa_generate`` arguments of a ``--trees`` entry: ``TREE`` or ``TREE@CxL``."""
+    tree, _, copy = spec.partition("@")
+    arguments = {"medusa_choices": None if tree == "default" else tree}
+    if copy:
+        chains, _, depth = copy.partition("x")
+        arguments |= {"copy_chains": int(chains), "copy_depth": int(depth)}
+    return arguments
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
@@ -37,8 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--trees", nargs="+", default=["default"],
-                        help="trees to run Medusa with: preset names, JSON files, or 'default' (mc_sim_7b_63 without "
-                             "the paths deeper than the heads; the preset by name fits only 4+ heads)")
+                        help="trees to run Medusa with: preset names, JSON files, 'none' (no head nodes) or 'default' "
+                             "(mc_sim_7b_63 without the paths deeper than the heads; the preset by name fits only 4+ "
+                             "heads); each optionally followed by @CxL: C copy chains of L tokens (@0x0: heads only; "
+                             "without @, the library's default copy branches)")
     parser.add_argument("--hf-limit", type=int, default=10, help="questions also run with HF generate() (it is slow)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                         help="float32 shows whether bf16 rounding alone makes outputs differ")
@@ -57,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     questions = load_questions(args.questions, args.limit)
     prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}]).to(args.device) for q in questions]
     n = args.max_new_tokens
-    choices = {tree: None if tree == "default" else tree for tree in args.trees}
+    choices = {tree: tree_arguments(tree) for tree in args.trees}
     common = {"max_new_tokens": n, "compile_step": args.compile_step}
     # Warm-up at full length on the longest prompt (it sizes the pooled cache) and the shortest: together they
     # capture the graph of every cache span the timed runs reach when the prompts' lengths differ by at most n
@@ -65,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     for prompt in (max(prompts, key=lambda p: p.shape[1]), min(prompts, key=lambda p: p.shape[1])):
         drain(model.greedy_generate(prompt, **common))
         for tree in args.trees:
-            drain(model.medusa_generate(prompt, medusa_choices=choices[tree], **common))
+            drain(model.medusa_generate(prompt, **choices[tree], **common))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
 
@@ -75,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         (greedy, _), row["greedy_s"] = timed(lambda: drain(model.greedy_generate(prompt, **common)))
         row["greedy_tokens"] = len(greedy)
         for tree in args.trees:
-            (tokens, steps), seconds = timed(lambda: drain(model.medusa_generate(prompt, medusa_choices=choices[tree], **common)))
+            (tokens, steps), seconds = timed(lambda: drain(model.medusa_generate(prompt, **choices[tree], **common)))
             row[f"medusa[{tree}]"] = {"tokens": len(tokens), "steps": steps, "s": seconds, "identical": tokens == greedy,
                                      "first_difference": first_difference(tokens, greedy)}
         if i < args.hf_limit:
