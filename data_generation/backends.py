@@ -49,9 +49,11 @@ class LocalBackend:
             raise RuntimeError(f"A conversation of {longest} tokens leaves no room in the model's context of "
                                f"{self.context} tokens.")
         outputs = [[] for _ in prompts]
-        for rows in self.model.medusa_generate(prompts, temperature=self.temperature,
-                                               max_new_tokens=min(self.max_new_tokens, room), medusa_choices="none",
-                                               generator=self.generator, batch_size=self.batch_size, fold_gqa=True):
+        limit = min(self.max_new_tokens, room)
+        # Every plain step emits one token: a step limit of ``limit`` never binds first (the default, 512, would).
+        for rows in self.model.medusa_generate(prompts, temperature=self.temperature, max_new_tokens=limit,
+                                               max_steps=limit, medusa_choices="none", generator=self.generator,
+                                               batch_size=self.batch_size, fold_gqa=True):
             for i, row in enumerate(rows):
                 if row is not None:
                     outputs[i] += row["new_token_ids"]

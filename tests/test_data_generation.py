@@ -169,3 +169,13 @@ def test_local_backend_answers_are_the_base_models_own_greedy_replies(tiny):
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id or 0)[0, ids.shape[1]:]
         assert n == out.shape[0] and reply == tokenizer.decode(out, skip_special_tokens=True)
+
+
+def test_replies_reach_max_new_tokens_beyond_512(tiny, tmp_path):
+    root, base, _ = tiny
+    (tmp_path / "one.jsonl").write_text(json.dumps({"id": "long", "turns": ["tell me everything"]}) + "\n")
+    output = tmp_path / "out.jsonl"
+    assert generate(["--input", str(tmp_path / "one.jsonl"), "--output", str(output), "--model", base,
+                     "--max-new-tokens", "600", "--temperature", "0"]) == 0
+    reply = read_lines(output)[0]["messages"][-1]["content"]
+    assert len(reply) == 600  # one printable byte per token, and the tiny model never emits EOS
