@@ -10,7 +10,7 @@ A thin front to ``data_generation/generate.py`` (its OpenAI-compatible back end;
 import argparse
 import sys
 
-from data_generation.generate import main as generate
+from data_generation.generate import main as generate, positive_int, temperature
 
 
 def main(argv=None) -> int:
@@ -18,10 +18,10 @@ def main(argv=None) -> int:
     p.add_argument("--input-filename", required=True, help="ShareGPT JSON or our prompts JSONL.")
     p.add_argument("--output-filename", required=True, help="JSONL of conversations (resumed if it exists).")
     p.add_argument("--url", default="http://localhost:8080", help="TGI (or any OpenAI-compatible) server.")
-    p.add_argument("--concurrency", type=int, default=64, help="Requests in flight.")
+    p.add_argument("--concurrency", type=positive_int, default=64, help="Requests in flight.")
     p.add_argument("--model", default="tgi", help="Model name sent to the server (TGI ignores it).")
-    p.add_argument("--max-new-tokens", type=int, default=1024)
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-new-tokens", type=positive_int, default=1024)
+    p.add_argument("--temperature", type=temperature, default=0.0)
     args = p.parse_args(argv)
     return generate(["--input", args.input_filename, "--output", args.output_filename, "--url", args.url,
                      "--model", args.model, "--concurrency", str(args.concurrency),

@@ -1,12 +1,12 @@
 """Chat back ends for self-distillation: local ``transformers`` generation and OpenAI-compatible servers.
 
-Both answer conversations (message lists ending in a user turn) with the reply text and its number
-of generated tokens: the local one a batch at a time, each reply as soon as it finishes; the server
-one a conversation per request.
+Both answer conversations (message lists ending in a user turn) with the reply text and report the
+tokens they generate: the local one a batch at a time, each reply as soon as it finishes, tokens as
+they are decoded; the server one a conversation per request, with its reply's token count.
 """
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -39,8 +39,10 @@ class LocalBackend:
         self.temperature, self.max_new_tokens, self.batch_size = temperature, max_new_tokens, batch_size
         self.generator = torch.Generator(self.device).manual_seed(seed)
 
-    def answers(self, conversations: list[list[dict]]) -> Iterator[tuple[int, str, int]]:
-        """``(index, reply, generated tokens)`` for each conversation, in the order the replies finish."""
+    def answers(self, conversations: list[list[dict]],
+                on_tokens: Callable[[int], None] | None = None) -> Iterator[tuple[int, str]]:
+        """``(index, reply)`` for each conversation, in the order the replies finish; ``on_tokens(n)`` after
+        every decoding step, with the tokens it added over all rows."""
         prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=True)["input_ids"]
                    for c in conversations]
         longest = max(len(p) for p in prompts)
@@ -49,14 +51,18 @@ class LocalBackend:
             raise RuntimeError(f"A conversation of {longest} tokens leaves no room in the model's context of "
                                f"{self.context} tokens.")
         outputs = [[] for _ in prompts]
-        for rows in self.model.medusa_generate(prompts, temperature=self.temperature,
-                                               max_new_tokens=min(self.max_new_tokens, room), medusa_choices="none",
-                                               generator=self.generator, batch_size=self.batch_size, fold_gqa=True):
+        limit = min(self.max_new_tokens, room)
+        # Every plain step emits one token: a step limit of ``limit`` never binds first (the default, 512, would).
+        for rows in self.model.medusa_generate(prompts, temperature=self.temperature, max_new_tokens=limit,
+                                               max_steps=limit, medusa_choices="none", generator=self.generator,
+                                               batch_size=self.batch_size, fold_gqa=True):
+            if on_tokens:
+                on_tokens(sum(len(row["new_token_ids"]) for row in rows if row is not None))
             for i, row in enumerate(rows):
                 if row is not None:
                     outputs[i] += row["new_token_ids"]
                     if row["finished"]:
-                        yield i, self.tokenizer.decode(outputs[i], skip_special_tokens=True), len(outputs[i])
+                        yield i, self.tokenizer.decode(outputs[i], skip_special_tokens=True)
 
 
 class OpenAIBackend:

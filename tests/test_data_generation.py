@@ -11,11 +11,12 @@ import torch
 import create_data
 from data_generation import backends
 from data_generation.generate import main as generate
+from medusa.jsonl import read_jsonl
 from tests.train_helpers import save_tiny_base, write_prompts
 
 
 def read_lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return read_jsonl(str(path))
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,8 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(tiny, monkeypatch)
 
     replies, answers = [], backends.LocalBackend.answers
 
-    def interrupted(self, conversations):
-        for reply in answers(self, conversations):
+    def interrupted(self, conversations, on_tokens):
+        for reply in answers(self, conversations, on_tokens):
             replies.append(reply)
             if len(replies) == 7:  # in the first group's first turn
                 raise KeyboardInterrupt
@@ -72,9 +73,9 @@ def test_groups_keep_the_input_order_and_start_their_shortest_prompts_first(tmp_
     class Recorder:
         batch_size, calls = 2, []  # groups of 16 conversations
 
-        def answers(self, conversations):
+        def answers(self, conversations, on_tokens):
             self.calls.append([c[-1]["content"] for c in conversations])
-            yield from ((i, "ok", 1) for i in range(len(conversations)))
+            yield from ((i, "ok") for i in range(len(conversations)))
 
     rng = torch.Generator().manual_seed(3)
     lengths = torch.randint(1, 60, (40,), generator=rng).tolist()
@@ -161,11 +162,101 @@ def test_local_backend_answers_are_the_base_models_own_greedy_replies(tiny):
     tokenizer, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base)
     conversations = [[{"role": "user", "content": text}] for text in ("hello there", "a much longer question " * 6, "x")]
     conversations[1] += [{"role": "assistant", "content": "fine"}, {"role": "user", "content": "and then?"}]
-    replies = {i: (reply, n) for i, reply, n in backend.answers(conversations)}
+    counted = []
+    replies = dict(backend.answers(conversations, counted.append))
     assert sorted(replies) == [0, 1, 2]
-    for conversation, (reply, n) in zip(conversations, (replies[i] for i in range(3))):
+    generated = 0
+    for conversation, reply in zip(conversations, (replies[i] for i in range(3))):
         ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_tensors="pt",
                                             return_dict=True)["input_ids"]
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id or 0)[0, ids.shape[1]:]
-        assert n == out.shape[0] and reply == tokenizer.decode(out, skip_special_tokens=True)
+        assert reply == tokenizer.decode(out, skip_special_tokens=True)
+        generated += out.shape[0]
+    assert sum(counted) == generated and len(counted) > 3  # tokens counted as they are decoded, not per reply
+
+
+def test_replies_reach_max_new_tokens_beyond_512(tiny, tmp_path):
+    root, base, _ = tiny
+    (tmp_path / "one.jsonl").write_text(json.dumps({"id": "long", "turns": ["tell me everything"]}) + "\n")
+    output = tmp_path / "out.jsonl"
+    assert generate(["--input", str(tmp_path / "one.jsonl"), "--output", str(output), "--model", base,
+                     "--max-new-tokens", "600", "--temperature", "0"]) == 0
+    reply = read_lines(output)[0]["messages"][-1]["content"]
+    assert len(reply) == 600  # one printable byte per token, and the tiny model never emits EOS
+
+
+def one_prompt(path, record=None):
+    path.write_text(json.dumps(record or {"id": "p-0", "turns": ["hi"]}) + "\n")
+    return str(path)
+
+
+def test_resume_reads_replies_that_hold_unicode_line_separators(tmp_path):
+    output = tmp_path / "out.jsonl"
+    done = {"id": "p-0", "sample": 0, "messages": [{"role": "user", "content": "hi"},
+                                                   {"role": "assistant", "content": "one\u2028two\x85three"}]}
+    output.write_text(json.dumps(done, ensure_ascii=False) + "\n", encoding="utf-8")  # as the writer writes it
+    args = ["--input", one_prompt(tmp_path / "in.jsonl"), "--output", str(output), "--model", "unused"]
+    assert generate(args) == 0  # nothing left to generate: the model is never loaded
+    assert read_lines(output) == [done]
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--max-new-tokens", "0", "must be at least 1"), ("--max-new-tokens", "-1", "must be at least 1"),
+    ("--batch-size", "-2", "must be at least 1"), ("--batch-size", "0", "must be at least 1"),
+    ("--samples", "0", "must be at least 1"), ("--limit", "-1", "must be at least 1"),
+    ("--temperature", "-1", "must be a finite number >= 0"), ("--temperature", "nan", "must be a finite number >= 0"),
+    ("--dtype", "float99", "invalid choice"), ("--device", "cuda:99", "not available on this machine"),
+    ("--device", "gpu", "not a device"),
+])
+def test_bad_options_are_refused_with_one_line(tmp_path, capsys, option, value, says):
+    args = ["--input", one_prompt(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl"), "--model", "m"]
+    with pytest.raises(SystemExit) as exit:
+        generate(args + [option, value])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit.value.code == 2 and f"error: argument {option}: " in error and says in error
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        generate(["--input", one_prompt(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl"), "--model", "m",
+                  "--device", "cuda"])
+    assert exit.value.code == 2 and "argument --device: 'cuda' is not available" in capsys.readouterr().err
+
+
+def test_malformed_input_line_is_named_by_file_and_line(tmp_path):
+    prompts = tmp_path / "in.jsonl"
+    prompts.write_text('{"id": "a", "turns": ["x"]}\n\n{"id": "b", "turns": ["y"]}\n{"id": "c", "turns": [\n')
+    with pytest.raises(SystemExit) as exit:
+        generate(["--input", str(prompts), "--output", str(tmp_path / "out.jsonl"), "--model", "m"])
+    assert str(exit.value).startswith(f"{prompts}, line 4: not valid JSON")
+    sharegpt = tmp_path / "share.json"
+    sharegpt.write_text('[\n  {"conversations": []},\n  {"conversations": [}\n]\n')
+    with pytest.raises(SystemExit) as exit:
+        generate(["--input", str(sharegpt), "--output", str(tmp_path / "out.jsonl"), "--model", "m"])
+    assert str(exit.value).startswith(f"{sharegpt}, line 3: not valid JSON")
+
+
+def test_conversations_without_a_user_turn_are_counted(tmp_path, capsys):
+    sharegpt = [{"id": "a", "conversations": [{"from": "gpt", "value": "hello"}]},
+                {"id": "b", "conversations": [{"from": "human", "value": "hi"}]}, {"id": "c", "turns": []}]
+    (tmp_path / "share.json").write_text(json.dumps(sharegpt))
+    output = tmp_path / "out.jsonl"
+    output.write_text(json.dumps({"id": "b", "sample": 0, "messages": []}) + "\n")  # b is done: no model needed
+    assert generate(["--input", str(tmp_path / "share.json"), "--output", str(output), "--model", "m"]) == 0
+    assert f"{tmp_path / 'share.json'}: 2 of 3 records have no user turn; skipped." in capsys.readouterr().err
+
+
+def test_ctrl_c_while_loading_the_model_exits_130_in_one_line(tmp_path, monkeypatch, capsys):
+    import transformers
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", interrupted)
+    output = tmp_path / "out.jsonl"
+    assert generate(["--input", one_prompt(tmp_path / "in.jsonl"), "--output", str(output), "--model", "m"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "Interrupted while loading 'm'; nothing generated."
+    assert not output.exists()

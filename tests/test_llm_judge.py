@@ -230,3 +230,20 @@ def test_missing_judge_packages_are_named(monkeypatch):
         judge.check_packages("openai", "pandas")
     missing.clear()
     judge.check_packages("openai", "anthropic", "pandas")
+
+
+def test_question_and_answer_files_are_read_by_newline_only(tmp_path):
+    from medusa.eval.answers import read_answers
+    from medusa.eval.questions import load_questions
+
+    questions = tmp_path / "question.jsonl"
+    lines = [json.dumps({"question_id": 1, "turns": ["a\u2028b\x85c"]}, ensure_ascii=False), "", '{"question_id": 2,']
+    questions.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError) as error:
+        load_questions(str(questions))
+    assert str(error.value).startswith(f"{questions}, line 3: not valid JSON")
+    questions.write_text(lines[0] + "\n", encoding="utf-8")
+    assert load_questions(str(questions)) == [{"question_id": 1, "turns": ["a\u2028b\x85c"]}]
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(lines[0] + "\n" + lines[2], encoding="utf-8")  # the last line cut short by a kill
+    assert read_answers(str(answers)) == {1: {"question_id": 1, "turns": ["a\u2028b\x85c"]}}

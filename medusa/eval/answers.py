@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
+from ..jsonl import jsonl_lines
 from .questions import render_chat
 
 Decoder = Callable[[torch.Tensor], tuple[list[int], int]]
@@ -94,8 +95,8 @@ def read_answers(path: str) -> dict:
     """``{question_id: answer line}`` of an answer file (later lines win; a line cut short by a kill is dropped)."""
     answers = {}
     if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
+        with open(path, encoding="utf-8", newline="") as f:
+            for _, line in jsonl_lines(f.read()):
                 try:
                     answer = json.loads(line)
                 except json.JSONDecodeError:

@@ -1,9 +1,10 @@
 """Question files (FastChat's ``question.jsonl``: ``question_id``, ``category``, ``turns``) and prompt rendering."""
 
-import json
 import os
 
 import torch
+
+from medusa.jsonl import read_jsonl
 
 DEFAULT_QUESTIONS = os.path.join(os.path.dirname(__file__), "..", "..", "llm_judge", "data", "mt_bench", "question.jsonl")
 
@@ -12,8 +13,7 @@ def load_questions(path: str = DEFAULT_QUESTIONS, limit: int | None = None) -> l
     """Questions from a JSONL file, in file order; ``limit`` keeps the first ones."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Question file {path!r} does not exist.")
-    with open(path) as f:
-        questions = [json.loads(line) for line in f if line.strip()]
+    questions = read_jsonl(path)
     for q in questions:
         if not q.get("turns"):
             raise ValueError(f"Question {q.get('question_id')!r} in {path} has no turns.")

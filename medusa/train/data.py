@@ -16,6 +16,8 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import Dataset
 
+from medusa.jsonl import located, parse_jsonl
+
 IGNORE_INDEX = -100
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant",
                   "bing": "assistant", "assistant": "assistant", "system": "system"}
@@ -43,14 +45,17 @@ def _to_messages(record) -> list[dict]:
 
 
 def read_records(path: str) -> list:
-    """The records of a JSON file (a list, or one object) or of a JSONL file (one per line)."""
-    with open(path, encoding="utf-8") as f:
+    """The records of a JSON file (a list, or one object) or of a JSONL file (one per line); a malformed
+    file raises ``ValueError`` naming the file and the line."""
+    with open(path, encoding="utf-8", newline="") as f:
         text = f.read()
     try:
         records = json.loads(text)
-        return records if isinstance(records, list) else [records]
-    except json.JSONDecodeError:
-        return [json.loads(line) for line in text.split("\n") if line.strip()]  # not splitlines(): strings may hold U+2028
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data" or not text.strip():  # several values (or none): JSONL
+            return parse_jsonl(text, path)
+        raise located(e, path, e.lineno) from None  # one broken JSON document, or a broken first line
+    return records if isinstance(records, list) else [records]
 
 
 def load_conversations(path: str) -> list[list[dict]]:
