@@ -245,9 +245,33 @@ def test_sampling_options_reach_the_decoder_and_seeds_repeat(tiny_heads, monkeyp
         assert len(STATS.findall(err)) == 1
         replies.append(out)
     assert replies[0] == replies[1]
-    with pytest.raises(SystemExit):
-        _run_main(["--model", tiny_heads, "--sampling", "typical"], monkeypatch, capsys)
-    assert "--sampling needs --temperature > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--temperature", "nan"], "temperature must be a finite number >= 0; got nan."),
+    (["--temperature", "inf"], "temperature must be a finite number >= 0; got inf."),
+    (["--temperature", "-1"], "temperature must be a finite number >= 0; got -1.0."),
+    (["--temperature", "0.7", "--top-p", "nan"], "top_p must be in (0, 1]; got nan."),
+    (["--temperature", "0.7", "--top-k", "-1"], "top_k must be >= 0 (0 = no top-k cut); got -1."),
+    (["--sampling", "typical"], "sampling='typical' needs temperature > 0; got temperature 0.0."),
+    (["--posterior-threshold", "0.2"], "--posterior-threshold and --posterior-alpha apply to --sampling typical only, "
+                                       "not to greedy decoding"),
+    (["--temperature", "0.7", "--posterior-alpha", "0.5"], "--posterior-threshold and --posterior-alpha apply to "
+                                                            "--sampling typical only, not to lossless decoding"),
+])
+def test_bad_sampling_options_are_one_line_before_loading(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"python -m medusa.inference.cli: error: {message}"
+
+
+def test_typical_posterior_options_reach_the_decoder(tiny_heads):
+    args = cli.parse_args(["--model", tiny_heads, "--temperature", "0.7", "--sampling", "typical",
+                           "--posterior-threshold", "0.2"])
+    chat = cli.Chat(cli.load_model(args), args, cli.STYLES["simple"]())
+    assert chat.gen_kwargs["posterior_threshold"] == 0.2
+    assert "posterior_alpha" not in chat.gen_kwargs  # unset: medusa_generate's default
 
 
 def test_trees_shipped_beside_the_heads_are_the_default(tmp_path):
