@@ -168,6 +168,31 @@ def test_default_model_is_the_demo(demo_heads, monkeypatch, capsys):
     assert STATS.search(err)
 
 
+def _pipe(heads, stdin: bytes, tmp_path):
+    """The simple style with its input piped in, as ``printf ... | python -m medusa.inference.cli`` runs it."""
+    return subprocess.run([sys.executable, "-m", "medusa.inference.cli", "--model", heads, "--max-new-tokens", "4"],
+                          input=stdin, capture_output=True, env=_env(), cwd=tmp_path, timeout=120)
+
+
+def test_piped_input_is_echoed_after_each_prompt(tiny_heads, tmp_path):
+    result = _pipe(tiny_heads, b"hello\nhi again\n", tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().split("\n")
+    assert [lines[0], lines[3], lines[6:]] == ["user: hello", "user: hi again", ["user: ", ""]]  # ends with a newline
+    assert lines[1].startswith("assistant: ") and lines[4].startswith("assistant: ")
+    assert STATS.fullmatch(lines[2]) and STATS.fullmatch(lines[5])
+
+
+def test_bytes_that_are_not_utf8_are_replaced_and_the_chat_goes_on(tiny_heads, tmp_path):
+    result = _pipe(tiny_heads, b"caf\xe9\nhi\n!!save chat.json\n", tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert "user: caf\ufffd\n[bytes of the message that are not UTF-8 were replaced by \ufffd]\n" in out
+    assert len(STATS.findall(out)) == 2
+    history = json.loads((tmp_path / "chat.json").read_text())["messages"]
+    assert [m["content"] for m in history if m["role"] == "user"] == ["caf\ufffd", "hi"]
+
+
 # ------------------------------------------------------------------------------------ errors: one line
 def test_missing_model_dir_is_one_line_from_the_command_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "medusa.inference.cli", "--model", str(tmp_path / "nope")],

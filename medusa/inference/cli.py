@@ -284,6 +284,8 @@ class Chat:
                 continue
             if not inp.strip():
                 continue
+            if "\ufffd" in inp:
+                self.io.print_note("[bytes of the message that are not UTF-8 were replaced by \ufffd]")
             if self.args.no_history:
                 self.conv.messages.clear()
             self.conv.add(USER, inp)
