@@ -214,6 +214,36 @@ def test_bytes_that_are_not_utf8_are_replaced_and_the_chat_goes_on(tiny_heads, t
     assert [m["content"] for m in history if m["role"] == "user"] == ["caf\ufffd", "hi"]
 
 
+# ------------------------------------------------------------------------------------ documented commands
+def documented_programs(*docs: str) -> list[list[str]]:
+    """The programs of every ``python ...`` / ``python -m ...`` command in the docs' shell blocks and inline
+    code (``["-m", "medusa.export"]``, ``["llm_judge/show_result.py"]``), once each; ``pip`` and ``torchrun``
+    parts of a line are not ours to run."""
+    programs = []
+    for doc in docs:
+        with open(os.path.join(ROOT, doc)) as f:
+            text = f.read()
+        shell_lines = [line for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S) for line in block.splitlines()]
+        inline = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+        for command in shell_lines + inline:
+            for part in command.split("&&"):
+                words = part.split()
+                if words[:1] == ["python"]:
+                    program = words[1:3] if words[1] == "-m" else words[1:2]
+                    programs += [program] if program not in programs else []
+    return programs
+
+
+@pytest.mark.parametrize("program", documented_programs("README.md", "llm_judge/README.md"), ids=" ".join)
+def test_documented_command_runs_as_written(program, tmp_path):
+    """``--help`` of each documented command, from the repository root, with only the installed package
+    (``medusa``) importable: what a user who ran ``pip install -e .`` gets."""
+    (tmp_path / "medusa").symlink_to(os.path.join(ROOT, "medusa"))
+    result = subprocess.run([sys.executable, *program, "--help"], capture_output=True, text=True, cwd=ROOT,
+                            env=dict(_env(), PYTHONPATH=str(tmp_path)), timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 # ------------------------------------------------------------------------------------ errors: one line
 def test_missing_model_dir_is_one_line_from_the_command_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "medusa.inference.cli", "--model", str(tmp_path / "nope")],
