@@ -5,7 +5,7 @@ heads), times CUDA-graph steps of the greedy loop and of Medusa at batch 1, and 
 full batch, once with the query heads folded at every size (``fold_gqa=True``, ignoring
 ``FOLD_MIN_BYTES``) and once with Hugging Face's SDPA path (``repeat_kv``), in the same process.
 
-    python benchmarks/attention_ab.py --shape 135m --output attention_ab.json
+    python -m benchmarks.attention_ab --shape 135m --output attention_ab.json
 """
 
 import argparse

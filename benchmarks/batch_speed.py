@@ -6,7 +6,7 @@ at EOS and go through one call with ``batch_size=`` (a finished row takes the ne
 a server would run them. Every mode runs the same rows; Medusa rows are also compared token for token
 with the greedy loop's.
 
-    python benchmarks/batch_speed.py --model medusa/demo_heads --base-model DIR \\
+    python -m benchmarks.batch_speed --model medusa/demo_heads --base-model DIR \\
         --cost-curve cost.json --accuracies eval.json --output batch_speed.json
 """
 

@@ -4,7 +4,7 @@ Random-weight 135M-shaped Llama with random heads, fp32 (so kernel choice cannot
 prompts of different lengths, and an "EOS" that some rows emit early so that finished rows leave
 the batch (power-of-two batches, one CUDA graph each).
 
-    python benchmarks/gpu_batch_check.py
+    python -m benchmarks.gpu_batch_check
 """
 
 import torch

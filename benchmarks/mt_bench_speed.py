@@ -6,7 +6,7 @@ identical to the library's greedy loop over all their tokens, peak GPU memory) a
 random-weight 7B-shaped Llama with random heads, the per-step overhead c = Medusa step / greedy step - 1
 (``benchmarks/step_overhead.py``; ``--overhead-shape none`` skips it).
 
-    python benchmarks/mt_bench_speed.py --model medusa/demo_heads --base-model DEMO_DIR --output speed.json
+    python -m benchmarks.mt_bench_speed --model medusa/demo_heads --base-model DEMO_DIR --output speed.json
 """
 
 import argparse

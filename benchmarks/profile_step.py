@@ -4,8 +4,8 @@ For the plain greedy step and the Medusa step: GPU kernel time per step by kind 
 other), the top kernels, and the wall time of a CUDA-graph step. If the graph step costs about the
 kernel time, the step is GPU-bound and only less arithmetic helps; if more, launch gaps remain.
 
-    python benchmarks/profile_step.py --model medusa/demo_heads --base-model DIR --output profile.txt
-    python benchmarks/profile_step.py --shape 7b --output profile_7b.txt   # random weights, random prompt
+    python -m benchmarks.profile_step --model medusa/demo_heads --base-model DIR --output profile.txt
+    python -m benchmarks.profile_step --shape 7b --output profile_7b.txt   # random weights, random prompt
 """
 
 import argparse

@@ -4,7 +4,7 @@ Checks first that the graph-captured loop gives the same tokens as the eager loo
 ``generate``; then times one greedy step (root-only tree) and one Medusa step (a 64-token tree) and
 reports the per-step overhead c = medusa_step / greedy_step - 1 (DESIGN.md §6).
 
-    python benchmarks/step_overhead.py --shape 7b --output step_overhead.json
+    python -m benchmarks.step_overhead --shape 7b --output step_overhead.json
 """
 
 import argparse

@@ -1,4 +1,4 @@
-"""Measure the verify-cost curve: ms per decode step for each batch size x tree size (DESIGN.md §6).
+"""Measure the verify-cost curve: ms per decode step for each batch size x tree size.
 
 Each point prefills ``batch`` random prompts, then repeats one greedy Medusa step (``tree_step``, the
 decode loop's own step, replayed from a CUDA graph on a GPU) with the cache rewound to the prompt
@@ -10,30 +10,26 @@ barely matters: the step's shapes are what cost). Attention runs over the filled
 of a step halfway through a generation of ``--new-tokens`` tokens after ``--prompt-len``. Writes a :class:`~medusa.model.CostCurve` JSON for
 ``TreePolicy`` / ``heads_accuracy --cost-curve``.
 
-    python benchmarks/verify_cost.py --shape 7b --out cost_7b.json
-    python benchmarks/verify_cost.py --model HEADS_DIR --out cost.json
-    python benchmarks/verify_cost.py --demo --out cost_demo.json
-    python benchmarks/verify_cost.py --shape tiny --device cpu --batch-sizes 1,2 --tree-sizes 1,4 --iters 3 --out c.json
+    python -m benchmarks.verify_cost --shape 7b --out cost_7b.json
+    python -m benchmarks.verify_cost --model HEADS_DIR --out cost.json
+    python -m benchmarks.verify_cost --demo --out cost_demo.json
+    python -m benchmarks.verify_cost --shape tiny --device cpu --batch-sizes 1,2 --tree-sizes 1,4 --iters 3 --out c.json
 """
 
 import argparse
-import os
 import sys
 import time
 from functools import partial
 
 import torch
 
-if not __package__:  # run as `python benchmarks/verify_cost.py`: make the repository importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.step_overhead import SHAPES, random_medusa  # noqa: E402
-from medusa.eval.tree_builder import build_tree, tree_capacity  # noqa: E402
-from medusa.model import CostCurve, MedusaKVCache, MedusaModel  # noqa: E402
-from medusa.model.kv_cache import round_up_to_block  # noqa: E402
-from medusa.model.cuda_graph import GraphedStep  # noqa: E402
-from medusa.model.generate import prefill, tree_step  # noqa: E402
-from medusa.model.medusa_choices import MAX_TOP_K  # noqa: E402
+from benchmarks.step_overhead import SHAPES, random_medusa
+from medusa.eval.tree_builder import build_tree, tree_capacity
+from medusa.model import CostCurve, MedusaKVCache, MedusaModel
+from medusa.model.kv_cache import round_up_to_block
+from medusa.model.cuda_graph import GraphedStep
+from medusa.model.generate import prefill, tree_step
+from medusa.model.medusa_choices import MAX_TOP_K
 
 
 def timing_tree(num_heads: int, tree_size: int) -> list[list[int]] | str:

@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from medusa.eval.answer_cli import main_guard
-from medusa.eval.judge import absolute_path_options, check_judge_api, check_packages, run_fastchat
+from medusa.eval.judge import asks_for_help, check_judge_api, run_fastchat_script
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,10 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(add_help=False)  # FastChat's parser answers --help
     parser.add_argument("--judge-model", default="gpt-4")
     args, _ = parser.parse_known_args(argv)
-    if not {"-h", "--help"} & set(argv):
+    if not asks_for_help(argv):
         check_judge_api(args.judge_model)
-    check_packages("openai", "anthropic")
-    run_fastchat("fastchat.llm_judge.gen_judgment", absolute_path_options(argv, ("--judge-file",)))
+    run_fastchat_script("fastchat.llm_judge.gen_judgment", argv, ("openai", "anthropic"), ("--judge-file",), __doc__)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,12 @@ Every option is FastChat's (``--mode single|pairwise-baseline|pairwise-all``, ``
 import sys
 
 from medusa.eval.answer_cli import main_guard
-from medusa.eval.judge import absolute_path_options, check_packages, run_fastchat
+from medusa.eval.judge import run_fastchat_script
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    check_packages("pandas")
-    run_fastchat("fastchat.llm_judge.show_result", absolute_path_options(argv, ("--input-file",)))
+    run_fastchat_script("fastchat.llm_judge.show_result", argv, ("pandas",), ("--input-file",), __doc__)
 
 
 if __name__ == "__main__":

@@ -116,33 +116,41 @@ def test_shipped_heads_are_small_and_name_the_demo_base():
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(demo.DEMO_HEADS_DIR), reason="the trained demo heads are not in the repository yet")
 def test_shipped_heads_are_lossless_and_speculate_on_mt_bench():
-    """Every MT-bench first turn, 64 tokens: Medusa (the CPU tree shipped with the heads) == HF greedy.
+    """The first MT-bench question of each category, 64 tokens: Medusa (the CPU tree shipped with the
+    heads) == HF greedy, at a tokens-per-step floor.
 
-    Medusa decodes the questions in batches of 16 (each row accepts its own tokens per step); the
-    reference is HF ``generate()`` in left-padded batches, or alone where the batched answer differs.
+    A sample keeps the test short (2 min 13 s on a loaded 2-core machine, where all 80 questions took 39
+    min). The figure over all 80 comes from the benchmark: ``python -m benchmarks.mt_bench_speed --model
+    medusa/demo_heads --base-model DEMO_DIR --device cpu --dtype float32 --max-new-tokens 64 --trees
+    medusa/demo_heads/cpu_tree.json --hf-limit 0 --overhead-shape none``. Medusa decodes the sample as one
+    batch (each row accepts its own tokens per step); the reference is HF ``generate()`` in a left-padded
+    batch, or alone where the batched answer differs.
     """
     model = demo.load_demo(dtype=torch.float32)
     assert model.tree_policy is not None  # loaded from the shipped files; the explicit tree below wins over it
     tree = os.path.join(demo.DEMO_HEADS_DIR, "cpu_tree.json")
-    prompts = [render_chat(model.tokenizer, [{"role": "user", "content": q["turns"][0]}])[0] for q in load_questions()]
+    questions = load_questions()
+    sample = [next(q for q in questions if q["category"] == c) for c in dict.fromkeys(q["category"] for q in questions)]
+    assert len(sample) == 8
+    prompts = [render_chat(model.tokenizer, [{"role": "user", "content": q["turns"][0]}])[0] for q in sample]
     batched = [s[len(p):].tolist() for s, p in zip(greedy_continuations(model, [p[None] for p in prompts], 64), prompts)]
-    tokens = steps = 0
-    for start in range(0, len(prompts), 16):
-        outputs = [[] for _ in prompts[start:start + 16]]
-        for rows in model.medusa_generate(prompts[start:start + 16], max_new_tokens=64, medusa_choices=tree):
-            for output, row in zip(outputs, rows):
-                if row is not None:
-                    output += row["new_token_ids"]
-                    steps += 1
-        for input_ids, medusa, reference in zip(prompts[start:start + 16], outputs, batched[start:start + 16]):
-            if medusa != reference:  # padding can move an fp32 near-tie: the unpadded run decides
-                reference = model.base_model.generate(input_ids[None], max_new_tokens=64, do_sample=False,
-                                                      attention_mask=torch.ones_like(input_ids[None]))[0, len(input_ids):].tolist()
-            assert medusa == reference
-            tokens += len(medusa)
-    print(f"MT-bench first turns, 64 tokens, CPU: {tokens / steps:.3f} tokens per step")
-    # Measured 1.599 with heads v5 (v4: 1.546; benchmarks/RESULTS.md); the issue's target of 2.0 is not met.
-    assert tokens / steps >= 1.57
+    outputs = [[] for _ in prompts]
+    steps = 0
+    for rows in model.medusa_generate(prompts, max_new_tokens=64, medusa_choices=tree):
+        for output, row in zip(outputs, rows):
+            if row is not None:
+                output += row["new_token_ids"]
+                steps += 1
+    for input_ids, medusa, reference in zip(prompts, outputs, batched):
+        if medusa != reference:  # padding can move an fp32 near-tie: the unpadded run decides
+            reference = model.base_model.generate(input_ids[None], max_new_tokens=64, do_sample=False,
+                                                  attention_mask=torch.ones_like(input_ids[None]))[0, len(input_ids):].tolist()
+        assert medusa == reference
+    tokens = sum(map(len, outputs))
+    print(f"MT-bench sample (one question per category), 64 tokens, CPU: {tokens / steps:.3f} tokens per step")
+    # Measured 1.631 on this sample with heads v5 (fp32, deterministic; all 80 questions: 1.599); the floor
+    # sits just below it.
+    assert tokens / steps >= 1.60
 
 
 @pytest.mark.slow

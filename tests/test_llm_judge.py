@@ -4,6 +4,7 @@ import http.server
 import importlib.util
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -223,10 +224,10 @@ def test_missing_judge_packages_are_named(monkeypatch):
     missing = {"anthropic", "pandas"}
     monkeypatch.setattr(judge.importlib.util, "find_spec", lambda name: None if name in missing else object())
     monkeypatch.setattr(judge.importlib.metadata, "version", lambda name: "1.3.0")
-    with pytest.raises(JudgeError, match=r"needs anthropic, openai<1: pip install 'anthropic' 'openai<1'"):
+    with pytest.raises(JudgeError, match=r"needs anthropic, openai<1: pip install 'medusa-llm\[judge\]'$"):
         judge.check_packages("openai", "anthropic")
     monkeypatch.setattr(judge.importlib.metadata, "version", lambda name: "0.28.1")
-    with pytest.raises(JudgeError, match=r"needs pandas: pip install 'pandas'$"):
+    with pytest.raises(JudgeError, match=r"needs pandas: pip install 'medusa-llm\[judge\]'$"):
         judge.check_packages("openai", "pandas")
     missing.clear()
     judge.check_packages("openai", "anthropic", "pandas")
@@ -247,3 +248,19 @@ def test_question_and_answer_files_are_read_by_newline_only(tmp_path):
     answers = tmp_path / "answers.jsonl"
     answers.write_text(lines[0] + "\n" + lines[2], encoding="utf-8")  # the last line cut short by a kill
     assert read_answers(str(answers)) == {1: {"question_id": 1, "turns": ["a\u2028b\x85c"]}}
+
+
+@pytest.mark.parametrize("name, extra", [("gen_judgment", "openai<1, anthropic"), ("show_result", "pandas")])
+def test_help_works_without_the_judge_packages_and_a_run_names_them(name, extra, monkeypatch, capsys):
+    import medusa.eval.judge as judge
+
+    monkeypatch.setattr(judge.importlib.util, "find_spec", lambda module: None)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setattr(judge, "check_judge_api", lambda model: None)
+    main = script(name).main
+    main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"FastChat's MT-bench {'judgment' if name == 'gen_judgment' else 'scores'}")
+    assert out.endswith(f"needs {extra}: pip install 'medusa-llm[judge]'\n")
+    with pytest.raises(JudgeError, match=re.escape(f"needs {extra}: pip install 'medusa-llm[judge]'")):
+        main(["--model-list", "m"])

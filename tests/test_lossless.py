@@ -162,7 +162,10 @@ def test_sampling_mode_defaults(sampling, temperature, expected):
     (dict(sampling="nucleus", temperature=1.0), "Unknown sampling 'nucleus'; choose one of greedy, typical, lossless"),
     (dict(sampling="lossless", temperature=0.0), "sampling='lossless' needs temperature > 0"),
     (dict(sampling="greedy", temperature=0.5), "sampling='greedy' needs temperature 0"),
-    (dict(temperature=-1.0), "temperature must be >= 0"),
+    (dict(temperature=-1.0), "temperature must be a finite number >= 0; got -1.0"),
+    (dict(temperature=float("nan")), "temperature must be a finite number >= 0; got nan"),
+    (dict(temperature=float("inf")), "temperature must be a finite number >= 0; got inf"),
+    (dict(temperature=1.0, top_p=float("nan")), "top_p must be in"),
     (dict(temperature=1.0, top_k=-2), "top_k must be >= 0"),
     (dict(temperature=1.0, top_p=0.0), "top_p must be in"),
 ])

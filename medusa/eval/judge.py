@@ -52,7 +52,28 @@ def check_packages(*names: str) -> None:
     if "openai" in names and "openai<1" not in missing and importlib.metadata.version("openai").split(".")[0] != "0":
         missing.append("openai<1")  # fschat 0.2.36 calls openai.ChatCompletion, removed in openai 1.0
     if missing:
-        raise JudgeError(f"FastChat's judge needs {', '.join(missing)}: pip install " + " ".join(f"'{m}'" for m in missing))
+        raise JudgeError(f"FastChat's judge needs {', '.join(missing)}: pip install 'medusa-llm[judge]'")
+
+
+def asks_for_help(argv: list[str]) -> bool:
+    return bool({"-h", "--help"} & set(argv))
+
+
+def run_fastchat_script(module: str, argv: list[str], packages: tuple[str, ...], path_options: tuple[str, ...],
+                        doc: str) -> None:
+    """Run FastChat's ``module`` once its ``packages`` are installed (:func:`check_packages`).
+
+    ``--help`` always answers: FastChat's own help, or, where the packages are missing (FastChat imports
+    them before parsing its options), ``doc`` and what to install.
+    """
+    try:
+        check_packages(*packages)
+    except JudgeError as e:
+        if not asks_for_help(argv):
+            raise
+        print(f"{doc.strip()}\n\nFastChat's own option list shows once its judge packages are installed. {e}")
+        return
+    run_fastchat(module, absolute_path_options(argv, path_options))
 
 
 def absolute_path_options(argv: list[str], options: tuple[str, ...]) -> list[str]:

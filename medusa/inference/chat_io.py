@@ -6,6 +6,7 @@ the end of the input. The programmatic protocol is FastChat's: messages end with
 ``" __END_OF_A_MESSAGE_47582648__\\n"`` and are echoed as ``[!OP:role]: text``.
 """
 
+import io
 import sys
 from collections.abc import Iterable
 
@@ -22,16 +23,29 @@ class SimpleChatIO:
 
     def __init__(self, multiline: bool = False):
         self.multiline = multiline
+        if isinstance(sys.stdin, io.TextIOWrapper):
+            # Bytes that are not UTF-8 (a pasted Latin-1 line) would otherwise raise, or reach the tokenizer as
+            # lone surrogates, and end the chat: they become U+FFFD, which Chat.run points out.
+            sys.stdin.reconfigure(errors="replace")
 
     def prompt_for_input(self, role: str) -> str:
         if not self.multiline:
-            return input(f"{role}: ")
-        lines = [input(f"{role} [Ctrl-D on an empty line to end]: ")]
+            return self._input(f"{role}: ")
+        lines = [self._input(f"{role} [Ctrl-D on an empty line to end]: ")]
         while True:
             try:
-                lines.append(input())
+                lines.append(self._input())
             except EOFError:
                 return "\n".join(lines)
+
+    @staticmethod
+    def _input(prompt: str = "") -> str:
+        """``input(prompt)``, echoing the line when it comes from a pipe (a terminal echoes it itself), so that
+        a transcript shows each message after its prompt."""
+        line = input(prompt)
+        if not sys.stdin.isatty():
+            print(line, flush=True)
+        return line
 
     def prompt_for_output(self, role: str) -> None:
         print(f"{role}: ", end="", flush=True)

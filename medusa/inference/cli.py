@@ -23,6 +23,7 @@ import transformers
 from .. import demo
 from ..model import CheckpointError, MedusaModel, presets
 from ..model.checkpoint import is_full_model, read_config
+from ..model.sampling import resolve_sampling
 from .chat_io import STYLES
 from .conversation import ASSISTANT, USER, Conversation
 
@@ -54,8 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default: 0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: %(default)s)")
     p.add_argument("--seed", type=int, help="seed the sampling for reproducible replies")
-    p.add_argument("--posterior-threshold", type=float, default=0.09, help="typical acceptance epsilon (default: %(default)s)")
-    p.add_argument("--posterior-alpha", type=float, default=0.3, help="typical acceptance alpha (default: %(default)s)")
+    p.add_argument("--posterior-threshold", type=float, help="typical acceptance epsilon (default: the library's, 0.09)")
+    p.add_argument("--posterior-alpha", type=float, help="typical acceptance alpha (default: the library's, 0.3)")
     p.add_argument("--conv-template", help="FastChat conversation template (e.g. vicuna_v1.1) instead of the "
                                            "tokenizer's chat template; needed for models without one")
     p.add_argument("--conv-system-msg", help="system message of the conversation")
@@ -65,12 +66,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-history", action="store_true", help="answer every message on its own, without the chat so far")
     p.add_argument("--debug", action="store_true", help="also show the prompt length and each step's accept length")
     args = p.parse_args(argv)
-    if args.temperature < 0:
-        p.error("--temperature must be >= 0")
-    if args.sampling and args.temperature == 0:
-        p.error("--sampling needs --temperature > 0")
-    if args.top_k < 0 or not 0 < args.top_p <= 1:
-        p.error("--top-k must be >= 0 and --top-p in (0, 1]")
+    try:
+        sampling = resolve_sampling(args.sampling, args.temperature, args.top_k, args.top_p)
+    except ValueError as e:
+        p.error(str(e))
+    if sampling != "typical" and (args.posterior_threshold is not None or args.posterior_alpha is not None):
+        p.error(f"--posterior-threshold and --posterior-alpha apply to --sampling typical only, not to {sampling} "
+                "decoding")
     if args.max_steps < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         p.error("--max-steps and --max-new-tokens must be >= 1")
     return args
@@ -186,8 +188,9 @@ class Chat:
         self.gen_kwargs = dict(temperature=args.temperature, sampling=args.sampling, top_k=args.top_k, top_p=args.top_p,
                                max_steps=args.max_steps,
                                max_new_tokens=args.max_new_tokens, medusa_choices=args.medusa_choices,
-                               posterior_threshold=args.posterior_threshold, posterior_alpha=args.posterior_alpha,
                                eos_token_id=self.eos)
+        self.gen_kwargs.update({name: getattr(args, name) for name in ("posterior_threshold", "posterior_alpha")
+                                if getattr(args, name) is not None})  # unset: the library's defaults
         if args.seed is not None:
             self.gen_kwargs["generator"] = torch.Generator(model.lm_head.weight.device).manual_seed(args.seed)
 
@@ -281,6 +284,8 @@ class Chat:
                 continue
             if not inp.strip():
                 continue
+            if "\ufffd" in inp:
+                self.io.print_note("[bytes of the message that are not UTF-8 were replaced by \ufffd]")
             if self.args.no_history:
                 self.conv.messages.clear()
             self.conv.add(USER, inp)

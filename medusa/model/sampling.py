@@ -5,6 +5,8 @@ reference) draws from :func:`sampling_probs`, so "the same temperature / top-k /
 same distribution everywhere.
 """
 
+import math
+
 import torch
 
 SAMPLING_MODES = ("greedy", "typical", "lossless")
@@ -12,8 +14,8 @@ SAMPLING_MODES = ("greedy", "typical", "lossless")
 
 def resolve_sampling(sampling: str | None, temperature: float, top_k: int = 0, top_p: float = 1.0) -> str:
     """Check the sampling arguments; ``None`` means greedy at temperature 0, lossless above it."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0; got {temperature}.")
+    if not (math.isfinite(temperature) and temperature >= 0):  # NaN or inf would only fail later, inside softmax
+        raise ValueError(f"temperature must be a finite number >= 0; got {temperature}.")
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0 (0 = no top-k cut); got {top_k}.")
     if not 0 < top_p <= 1:
