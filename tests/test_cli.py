@@ -16,6 +16,7 @@ import transformers
 from medusa import demo
 from medusa.inference import cli
 from medusa.model import MedusaConfig, MedusaModel
+from medusa.model.medusa_model import shipped_tree
 from tests.demo_helpers import HAIKU_GREEDY_TEXT, HAIKU_PROMPT, SMALL_TREE, fresh_demo_heads, one_thread
 from tests.tiny import tiny_model, tiny_tokenizer
 
@@ -251,12 +252,12 @@ def test_sampling_options_reach_the_decoder_and_seeds_repeat(tiny_heads, monkeyp
 
 
 def test_trees_shipped_beside_the_heads_are_the_default(tmp_path):
-    assert cli.shipped_tree(str(tmp_path), torch.device("cpu")) is None
+    assert shipped_tree(str(tmp_path), torch.device("cpu")) is None
     (tmp_path / "tree.json").write_text("[[0], [0, 0]]")
-    assert cli.shipped_tree(str(tmp_path), torch.device("cpu")) == str(tmp_path / "tree.json")
+    assert shipped_tree(str(tmp_path), torch.device("cpu")) == str(tmp_path / "tree.json")
     (tmp_path / "cpu_tree.json").write_text("[[0]]")
-    assert cli.shipped_tree(str(tmp_path), torch.device("cpu")) == str(tmp_path / "cpu_tree.json")
-    assert cli.shipped_tree(str(tmp_path), torch.device("cuda")) == str(tmp_path / "tree.json")
+    assert shipped_tree(str(tmp_path), torch.device("cpu")) == str(tmp_path / "cpu_tree.json")
+    assert shipped_tree(str(tmp_path), torch.device("cuda")) == str(tmp_path / "tree.json")
     assert os.path.isfile(os.path.join(demo.DEMO_HEADS_DIR, "cpu_tree.json"))
 
 
