@@ -288,3 +288,14 @@ def test_dtype_and_device_reach_the_model(tiny_heads, monkeypatch, capsys):
                               "--debug"], monkeypatch, capsys)
     assert code == 0, err
     assert "2 Medusa heads on llama, " in err and "cpu, torch.bfloat16; conversation: the tokenizer's chat template]" in err
+
+
+@pytest.mark.skipif(find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
+def test_bitsandbytes_cpu_kernel_fallback_warning_stays_out_of_the_chat(caplog):
+    args = cli.parse_args(["--load-in-4bit", "--device", "cpu"])
+    assert "quantization_config" in cli.hf_kwargs(args)
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward from kernels-community")
+    assert "gemm_4bit_forward" not in caplog.text

@@ -11,6 +11,7 @@ Commands: ``!!exit``, ``!!reset`` (new conversation), ``!!remove`` (drop the las
 
 import argparse
 import itertools
+import logging
 import os
 import sys
 import time
@@ -92,6 +93,11 @@ def hf_kwargs(args) -> dict:
         if find_spec("bitsandbytes") is None:
             raise CliError(f"{flag} needs bitsandbytes: pip install 'medusa-llm[quant]'.")
         from transformers import BitsAndBytesConfig
+
+        # On CPUs with AVX512-BF16, bitsandbytes' CPU backend tries at import to fetch a faster 4-bit kernel
+        # from the Hub (package `kernels`) and logs "Failed to load CPU gemm_4bit_forward" when it cannot; it
+        # then uses its own kernel, with the same results. Like the other library warnings, not for the chat.
+        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit)
     return kwargs
