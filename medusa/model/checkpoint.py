@@ -3,8 +3,8 @@
 Read: FasterDecoding heads-only (``medusa_lm_head.pt`` or ``.safetensors``), FasterDecoding full model
 (``medusa_head.*`` keys inside the model weights), "version 2" heads, vLLM's layout (``model_type:
 medusa``, as ``medusa.export --format vllm`` writes it), and our own (heads-only keys, ``config.json``
-with ``model_type: medusa_heads``). Write: heads-only, which TGI and TensorRT-LLM
-read unchanged. Loading is strict: a missing, unexpected or mis-shaped key is an error that names it.
+with ``model_type: medusa_heads``). Write: heads-only (TGI's router needs the config without
+``model_type``: serve it ``medusa.export --format tgi``'s copy). Loading is strict: a missing, unexpected or mis-shaped key is an error that names it.
 """
 
 import json

@@ -134,8 +134,8 @@ class MedusaModel(nn.Module):
         return model
 
     def save_pretrained(self, path: str) -> None:
-        """Write ``config.json`` + ``medusa_lm_head.safetensors`` (loads in TGI and TensorRT-LLM as is), and
-        the tree policy's two files if the model has one."""
+        """Write ``config.json`` + ``medusa_lm_head.safetensors`` (the heads-only layout; serving engines get
+        :mod:`medusa.export`'s copies), and the tree policy's two files if the model has one."""
         checkpoint.save_heads(path, self.medusa_head, self.config)
         if self.tree_policy is not None:
             self.tree_policy.save(*(os.path.join(path, name) for name in POLICY_FILES))
