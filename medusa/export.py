@@ -1,6 +1,7 @@
 """Export Medusa heads in the layout each serving engine loads as is (DESIGN.md §2).
 
     python -m medusa.export --model DIR --format {fasterdecoding,tgi,vllm,trtllm} --output DIR [--base-model DIR]
+                            [--overwrite]
 
 ``--model`` is anything :meth:`medusa.model.MedusaModel.from_pretrained` reads (ours, FasterDecoding
 heads-only ``.pt``/``.safetensors``, FasterDecoding full model, "version 2"). Only the head tensors are
@@ -23,7 +24,8 @@ What each format writes:
   ``lm_heads.{i}.weight``. "Version 2" heads set ``original_lm_head: true`` and store the base lm_head
   once, as ``lm_heads.0.weight``.
 - ``trtllm``: ``medusa_lm_head.safetensors`` with heads-only keys (biases included), the FasterDecoding
-  config, and a ``README.md`` with the ``convert_checkpoint.py`` / ``trtllm-build`` commands.
+  config plus ``num_medusa_heads`` (the name TensorRT-LLM's Python API reads), and a ``README.md``
+  with the ``convert_checkpoint.py`` / ``trtllm-build`` commands.
 
 Engines that need an lm_head per head (FasterDecoding, TensorRT-LLM, TGI with more than one layer per
 head) get "version 2" heads with the base lm_head copied into every head, and the export says so.
@@ -35,6 +37,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import warnings
 from dataclasses import dataclass
@@ -52,7 +55,6 @@ from .model.medusa_choices import resolve_medusa_choices
 
 logger = logging.getLogger(__name__)
 
-VLLM_WEIGHTS = "model.safetensors"
 _RESBLOCK_WEIGHT = re.compile(r"^\d+\.\d+\.linear\.weight$")
 
 
@@ -234,7 +236,7 @@ def export_vllm(heads: HeadsCheckpoint, output: str, base_model: str | None = No
                      "lm_heads.0.weight with original_lm_head: true, which vLLM shares across heads.")
     vocab_size = state["lm_heads.0.weight"].shape[0]
     vllm_config = {
-        "model_type": "medusa",
+        "model_type": checkpoint.VLLM_MODEL_TYPE,
         "architectures": ["MedusaModel"],
         "num_heads": config.medusa_num_heads,
         "num_hidden_layers": layers,
@@ -247,7 +249,7 @@ def export_vllm(heads: HeadsCheckpoint, output: str, base_model: str | None = No
     }
     os.makedirs(output, exist_ok=True)
     _write_json(os.path.join(output, "config.json"), vllm_config)
-    _save_safetensors(state, os.path.join(output, VLLM_WEIGHTS))
+    _save_safetensors(state, os.path.join(output, checkpoint.VLLM_WEIGHTS))
     return notes
 
 
@@ -279,7 +281,10 @@ def export_trtllm(heads: HeadsCheckpoint, output: str, base_model: str | None = 
     notes = []
     state = _with_own_lm_heads(heads, base_model, "TensorRT-LLM", "reads an lm_head per head", notes)
     os.makedirs(output, exist_ok=True)
-    _write_json(os.path.join(output, "config.json"), _fasterdecoding_config(heads))
+    # TensorRT-LLM's MedusaConfig.from_hugging_face reads the head count as num_medusa_heads (the layers as
+    # medusa_num_layers); without it the LLM API has no head count.
+    config = _fasterdecoding_config(heads) | {"num_medusa_heads": heads.config.medusa_num_heads}
+    _write_json(os.path.join(output, "config.json"), config)
     _save_safetensors(state, os.path.join(output, checkpoint.HEADS_SAFETENSORS))
     choices = resolve_medusa_choices(None, heads.config.medusa_num_heads)
     readme = TRTLLM_README.format(num_heads=heads.config.medusa_num_heads, num_layers=heads.config.medusa_num_layers,
@@ -299,13 +304,33 @@ FORMATS = {
 }
 
 
-def export(model: str, engine: str, output: str, base_model: str | None = None, **options) -> list[str]:
-    """Read the heads at ``model`` and write them to ``output`` for ``engine``; returns notes for the user."""
+def _prepare_output(model: str, output: str, overwrite: bool) -> None:
+    """Make sure ``output`` holds nothing but the export: refuse a non-empty folder unless ``overwrite``, which
+    empties it (files left from another format would be served beside the new ones)."""
+    model_path, output_path = os.path.realpath(model), os.path.realpath(output)
+    if os.path.commonpath([model_path, output_path]) == output_path:
+        raise ValueError(f"--output {output} is --model or contains it: the export would overwrite the checkpoint it reads.")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ValueError(f"--output {output} is a file, not a directory.")
+    if not os.path.isdir(output) or not os.listdir(output):
+        return
+    if not overwrite:
+        raise ValueError(f"--output {output} is not empty: choose a new directory, or pass --overwrite to replace "
+                         "its contents.")
+    shutil.rmtree(output)
+
+
+def export(model: str, engine: str, output: str, base_model: str | None = None, overwrite: bool = False,
+           **options) -> list[str]:
+    """Read the heads at ``model`` and write them to ``output`` for ``engine``; returns notes for the user.
+
+    ``output`` must be empty or absent; with ``overwrite`` a non-empty one is emptied first (after the heads
+    were read and checked).
+    """
     if engine not in FORMATS:
         raise ValueError(f"Unknown export format {engine!r}: choose one of {', '.join(FORMATS)}.")
-    if os.path.abspath(model) == os.path.abspath(output):
-        raise ValueError("--output must differ from --model: the export would overwrite the checkpoint it reads.")
     heads = load_heads_checkpoint(model, base_model)
+    _prepare_output(model, output, overwrite)
     return FORMATS[engine](heads, output, base_model, **options)
 
 
@@ -313,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medusa.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="Medusa heads directory (any layout medusa-llm reads).")
     parser.add_argument("--format", required=True, help=f"Target engine: {', '.join(FORMATS)}.")
-    parser.add_argument("--output", required=True, help="Directory to write the export to.")
+    parser.add_argument("--output", required=True, help="Directory to write the export to (new or empty).")
+    parser.add_argument("--overwrite", action="store_true", help="Empty a non-empty --output first.")
     parser.add_argument("--base-model", default=None,
                         help="Base model directory: overrides base_model_name_or_path in the export, and is where "
                              "the lm_head of 'version 2' heads is read from when it must be materialised.")
@@ -326,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --safetensors applies to --format fasterdecoding only.", file=sys.stderr)
         return 2
     try:
-        notes = export(args.model, args.format, args.output, args.base_model, **options)
+        notes = export(args.model, args.format, args.output, args.base_model, args.overwrite, **options)
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,12 +1,13 @@
 """Publish a folder of Medusa heads on the Hugging Face Hub, with a model card.
 
     python -m medusa.hf_utils --folder DIR --repo NAME [--private] [--revision BRANCH]
-                              [--commit-message MSG] [--endpoint URL] [--token TOKEN]
+                              [--commit-message MSG] [--endpoint URL] [--token TOKEN] [--replace-readme]
 
-Steps: the folder is validated first (``config.json`` and heads that load, read as
-:mod:`medusa.export` reads them; an invalid folder is refused before anything is created on the Hub),
-then ``README.md`` (the model card) is written into the folder, the repository is created (``exist_ok``),
-the branch too when ``--revision`` names one, and every file of the folder goes up in one commit.
+Steps: the repository id and the folder are validated first (``config.json`` and heads that load, read
+as :mod:`medusa.export` reads them; an invalid folder or id is refused before anything is created on the
+Hub or written), then the repository is created (``exist_ok``), the branch too when ``--revision`` names
+one, ``README.md`` (the model card) is written into the folder unless it has one already (``--replace-readme``
+overwrites it), and every file of the folder goes up in one commit.
 The endpoint is ``--endpoint``, else ``HF_ENDPOINT``, else huggingface.co.
 
 The card is built from the heads' config and two optional files of the folder:
@@ -30,11 +31,13 @@ import re
 import sys
 
 from huggingface_hub import CommitOperationAdd, HfApi
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from .export import HeadsCheckpoint, load_heads_checkpoint
 from .model.checkpoint import CheckpointError
 
+README = "README.md"
 TRAINING_SUMMARY = "training_summary.json"
 BENCHMARK = "benchmark.json"
 BENCHMARK_FIELDS = {
@@ -131,12 +134,17 @@ def model_card(folder: str, heads: HeadsCheckpoint, repo_id: str) -> str:
     if measured:
         sections.append("## Measured speed\n\n" + _table(("", ""), measured))
     base_dir = f'snapshot_download("{base}")' if on_hub else repr(base)
-    tgi_ready = not config.shared_lm_head or config.medusa_num_layers == 1
-    tgi = (f"TGI reads this repository as is (its `config.json` names the base model):\n\n```bash\n"
-           f"docker run --gpus all -p 8080:80 ghcr.io/huggingface/text-generation-inference --model-id {repo_id}\n```"
-           if tgi_ready else
-           "TGI needs per-head lm_heads for these heads: export them first with "
-           "`python -m medusa.export --model DIR --format tgi --output medusa-tgi --base-model BASE_DIR`.")
+    # Copying a shared lm_head into the export reads it from a local base directory (vLLM: always; TGI: with
+    # more than one layer per head), which then is the base the TGI export names: the container must see it.
+    copies_lm_head = config.shared_lm_head and config.medusa_num_layers > 1
+    vllm_base = " --base-model BASE_DIR" if config.shared_lm_head else ""
+    tgi_base, tgi_mount = (" --base-model BASE_DIR", " -v BASE_DIR:BASE_DIR") if copies_lm_head else ("", "")
+    # TGI's router falls back to base_model_name_or_path for the tokenizer only when config.json has no
+    # model_type, and ours says medusa_heads: TGI gets the export, which has none.
+    tgi = ("export to TGI's layout first (medusa-llm's `config.json` carries a `model_type`, with which TGI does not "
+           f"find the base model's tokenizer):\n\n```bash\npython -m medusa.export --model medusa-heads --format tgi "
+           f"--output medusa-tgi{tgi_base}\ndocker run --gpus all -p 8080:80 -v $PWD/medusa-tgi:/data/medusa-tgi"
+           f"{tgi_mount} ghcr.io/huggingface/text-generation-inference --model-id /data/medusa-tgi\n```")
     sections.append(f"""## How to run
 
 With medusa-llm:
@@ -157,7 +165,7 @@ With vLLM (export to its key names first; see `docs/serving.md` of medusa-llm):
 
 ```bash
 hf download {repo_id} --local-dir medusa-heads
-python -m medusa.export --model medusa-heads --format vllm --output medusa-vllm
+python -m medusa.export --model medusa-heads --format vllm --output medusa-vllm{vllm_base}
 vllm serve {base} --speculative-config '{{"method": "medusa", "model": "medusa-vllm", "num_speculative_tokens": {config.medusa_num_heads}}}'
 ```
 
@@ -178,19 +186,27 @@ def _upload_operations(folder: str) -> list[CommitOperationAdd]:
 
 
 def push_to_hub(folder: str, repo_id: str, private: bool = False, revision: str | None = None,
-                commit_message: str | None = None, endpoint: str | None = None, token: str | None = None) -> str:
-    """Validate ``folder``, write its model card, create ``repo_id`` and upload; returns the commit URL.
+                commit_message: str | None = None, endpoint: str | None = None, token: str | None = None,
+                replace_readme: bool = False) -> str:
+    """Validate ``folder`` and ``repo_id``, create the repository, write the model card and upload; returns
+    the commit URL.
+
+    The card is written as the folder's ``README.md`` only where there is none, or with ``replace_readme``:
+    a README of the user's own goes up as it is.
 
     Raises:
-        PublishError: the folder is not a loadable Medusa checkpoint (nothing was created), or the
-            Hub refused a request (the message gives the step, the status and the Hub's reason).
+        PublishError: the folder is not a loadable Medusa checkpoint or the repository id is invalid
+            (nothing was created or written), or the Hub refused a request (the message gives the step,
+            the status and the Hub's reason).
     """
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise PublishError(f"--repo {repo_id!r} is not a valid repository id: {e}") from None
     try:
         heads = load_heads_checkpoint(folder)
     except CheckpointError as e:
         raise PublishError(f"{folder} cannot be published: {e}") from None
-    with open(os.path.join(folder, "README.md"), "w") as f:
-        f.write(model_card(folder, heads, repo_id))
     api = HfApi(endpoint=endpoint or os.environ.get("HF_ENDPOINT"), token=token)
     step = "creating the repository"
     try:
@@ -198,6 +214,10 @@ def push_to_hub(folder: str, repo_id: str, private: bool = False, revision: str 
         if revision:
             step = f"creating the branch {revision!r}"
             api.create_branch(repo_id, branch=revision, exist_ok=True)
+        readme = os.path.join(folder, README)
+        if replace_readme or not os.path.exists(readme):
+            with open(readme, "w") as f:
+                f.write(model_card(folder, heads, repo_id))
         step = "uploading"
         commit = api.create_commit(repo_id, operations=_upload_operations(folder), revision=revision,
                                    commit_message=commit_message or f"Upload Medusa heads ({heads.config.medusa_num_heads} heads)")
@@ -219,13 +239,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit-message", default=None)
     parser.add_argument("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co).")
     parser.add_argument("--token", default=None, help="Hub token (default: the saved login or HF_TOKEN).")
+    parser.add_argument("--replace-readme", action="store_true",
+                        help="Write the generated model card over the folder's existing README.md "
+                             "(default: an existing README.md is uploaded as it is).")
     args = parser.parse_args(argv)
+    kept_readme = not args.replace_readme and os.path.exists(os.path.join(args.folder, README))
     try:
         url = push_to_hub(args.folder, args.repo, args.private, args.revision, args.commit_message, args.endpoint,
-                          args.token)
+                          args.token, args.replace_readme)
     except PublishError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if kept_readme:
+        print(f"note: uploaded the folder's own {README} as the model card; --replace-readme writes the generated one.")
     print(f"Uploaded {args.folder} to {args.repo}: {url}")
     return 0
 

@@ -1,13 +1,18 @@
 """Checkpoint layouts of DESIGN.md §2: round trips and clear errors."""
 
 import json
+import os
+import re
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from medusa.model import CheckpointError, MedusaConfig, MedusaModel
-from tests.tiny import tiny_model
+from medusa.model.medusa_choices import resolve_medusa_choices
+from medusa.model.tree_policy import POLICY_FILES
+from tests.tiny import tiny_model, tiny_tokenizer
 
 
 def trained_like(base, num_heads=3, head_type="own_lm_head", num_layers=1, seed=0):
@@ -175,3 +180,55 @@ def test_unloadable_folders_say_why(tmp_path, setup, message):
             (path / "config.json").write_text(json.dumps(config | {"base_model_name_or_path": None}))
     with pytest.raises(CheckpointError, match=message):
         MedusaModel.from_pretrained(str(path))
+
+
+@pytest.mark.parametrize("file_format", ["safetensors", "pt"])
+def test_truncated_heads_file_is_one_error_naming_it(tmp_path, file_format):
+    base = tiny_model("llama")
+    model = trained_like(base)
+    model.save_pretrained(tmp_path)
+    heads_file = tmp_path / "medusa_lm_head.safetensors"
+    if file_format == "pt":
+        heads_file.unlink()
+        heads_file = tmp_path / "medusa_lm_head.pt"
+        torch.save(dict(model.medusa_head.state_dict()), heads_file)
+    data = heads_file.read_bytes()
+    heads_file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(heads_file))} cannot be read: it is truncated or corrupt"):
+        MedusaModel.from_pretrained(str(tmp_path), base_model=base)
+
+
+@pytest.mark.parametrize("name", ["config.json", "tree"])
+def test_invalid_json_names_the_file(tmp_path, name):
+    base = tiny_model("llama")
+    trained_like(base).save_pretrained(tmp_path)
+    path = tmp_path / ("config.json" if name == "config.json" else "my_tree.json")
+    path.write_text("[[0],\n oops]")
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))} is not valid JSON \(Expecting value: line 2"):
+        if name == "config.json":
+            MedusaModel.from_pretrained(str(tmp_path), base_model=base)
+        else:
+            resolve_medusa_choices(str(path), num_heads=3)
+
+
+def test_tokenizer_comes_from_the_base_model_override(tmp_path, base_dir):
+    tiny_tokenizer().save_pretrained(base_dir)
+    model = trained_like(tiny_model("llama"))
+    model.config.base_model_name_or_path = str(tmp_path / "moved-away")  # e.g. a symbolic or Hub name
+    model.save_pretrained(tmp_path / "heads")
+    loaded = MedusaModel.from_pretrained(str(tmp_path / "heads"), base_model=base_dir)
+    assert loaded.get_tokenizer().convert_tokens_to_ids("<|im_end|>") == tiny_tokenizer().convert_tokens_to_ids("<|im_end|>")
+    assert loaded.config.base_model_name_or_path == str(tmp_path / "moved-away")  # saved heads keep their name
+
+
+def test_cpu_tree_shipped_beside_the_heads_replaces_the_gpu_tree_policy(tmp_path, base_dir):
+    demo_heads = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "medusa", "demo_heads")
+    trained_like(tiny_model("llama")).save_pretrained(tmp_path)
+    for name in POLICY_FILES:  # a policy measured on an H200 for three heads
+        shutil.copy(os.path.join(demo_heads, name), tmp_path / name)
+    assert MedusaModel.from_pretrained(str(tmp_path), base_model=base_dir).tree_policy is not None
+    (tmp_path / "tree.json").write_text("[[0], [0, 0], [0, 0, 0]]")  # the GPU's: not used on CPU
+    (tmp_path / "cpu_tree.json").write_text("[[0], [1]]")
+    loaded = MedusaModel.from_pretrained(str(tmp_path), base_model=base_dir)
+    assert loaded.tree_policy is None and loaded.default_medusa_choices == str(tmp_path / "cpu_tree.json")
+    assert loaded.tree_buffers().num_nodes == loaded.tree_buffers("[[0], [1]]").num_nodes == 3

@@ -16,6 +16,7 @@ import transformers
 from medusa import demo
 from medusa.inference import cli
 from medusa.model import MedusaConfig, MedusaModel
+from medusa.model.medusa_model import shipped_tree
 from tests.demo_helpers import HAIKU_GREEDY_TEXT, HAIKU_PROMPT, SMALL_TREE, fresh_demo_heads, one_thread
 from tests.tiny import tiny_model, tiny_tokenizer
 
@@ -351,12 +352,12 @@ def test_typical_posterior_options_reach_the_decoder(tiny_heads):
 
 
 def test_trees_shipped_beside_the_heads_are_the_default(tmp_path):
-    assert cli.shipped_tree(str(tmp_path), torch.device("cpu")) is None
+    assert shipped_tree(str(tmp_path), torch.device("cpu")) is None
     (tmp_path / "tree.json").write_text("[[0], [0, 0]]")
-    assert cli.shipped_tree(str(tmp_path), torch.device("cpu")) == str(tmp_path / "tree.json")
+    assert shipped_tree(str(tmp_path), torch.device("cpu")) == str(tmp_path / "tree.json")
     (tmp_path / "cpu_tree.json").write_text("[[0]]")
-    assert cli.shipped_tree(str(tmp_path), torch.device("cpu")) == str(tmp_path / "cpu_tree.json")
-    assert cli.shipped_tree(str(tmp_path), torch.device("cuda")) == str(tmp_path / "tree.json")
+    assert shipped_tree(str(tmp_path), torch.device("cpu")) == str(tmp_path / "cpu_tree.json")
+    assert shipped_tree(str(tmp_path), torch.device("cuda")) == str(tmp_path / "tree.json")
     assert os.path.isfile(os.path.join(demo.DEMO_HEADS_DIR, "cpu_tree.json"))
 
 
@@ -387,3 +388,14 @@ def test_dtype_and_device_reach_the_model(tiny_heads, monkeypatch, capsys):
                               "--debug"], monkeypatch, capsys)
     assert code == 0, err
     assert "2 Medusa heads on llama, " in err and "cpu, torch.bfloat16; conversation: the tokenizer's chat template]" in err
+
+
+@pytest.mark.skipif(find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
+def test_bitsandbytes_cpu_kernel_fallback_warning_stays_out_of_the_chat(caplog):
+    args = cli.parse_args(["--load-in-4bit", "--device", "cpu"])
+    assert "quantization_config" in cli.hf_kwargs(args)
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward from kernels-community")
+    assert "gemm_4bit_forward" not in caplog.text

@@ -81,6 +81,53 @@ def test_wrong_gguf_is_refused_before_converting(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def _fake_conversion(directory, weights: bytes, recorded: bytes) -> None:
+    """A finished-looking conversion whose marker records the sha256 of ``recorded``."""
+    directory.mkdir()
+    (directory / demo.WEIGHTS_FILE).write_bytes(weights)
+    marker = {"format_version": demo.MARKER_FORMAT, "gguf_sha256": demo.GGUF_SHA256,
+              "weights_sha256": hashlib.sha256(recorded).hexdigest(), "weights_size": len(weights)}
+    (directory / demo.MARKER_FILE).write_text(json.dumps(marker))
+
+
+def test_cached_weights_with_other_bytes_of_the_same_size_are_converted_again(tmp_path, capsys):
+    _fake_conversion(tmp_path / "good", b"weights", b"weights")
+    _fake_conversion(tmp_path / "corrupt", b"weights", b"wEights")
+    assert demo._is_converted(str(tmp_path / "good"))
+    assert not demo._is_converted(str(tmp_path / "corrupt"))
+    assert "does not match its recorded sha256" in capsys.readouterr().err
+
+
+def test_stale_conversion_folders_are_removed(tmp_path):
+    dead = tmp_path / ".converting-999999999-abc"  # above any pid_max: no such process
+    live = tmp_path / f".converting-{os.getpid()}-def"
+    old = tmp_path / ".converting-xyz"
+    for folder in (dead, live, old, tmp_path / "smollm2"):
+        folder.mkdir()
+    os.utime(old, (time.time() - 2 * demo.STALE_CONVERSION_SECONDS,) * 2)
+    demo._remove_stale_conversions(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == [live.name, "smollm2"]
+
+
+def test_load_demo_defaults_to_the_cli_dtype_for_the_device(monkeypatch):
+    calls = []
+
+    class Loaded:
+        def get_tokenizer(self):
+            pass
+
+    def from_pretrained(path, base_model, **kwargs):
+        calls.append(kwargs)
+        return Loaded()
+
+    monkeypatch.setattr(demo, "demo_base_dir", lambda: "base")
+    monkeypatch.setattr(demo.MedusaModel, "from_pretrained", from_pretrained)
+    demo.load_demo()
+    demo.load_demo(device_map="cpu")
+    demo.load_demo(dtype=torch.float16)
+    assert [c["dtype"] for c in calls] == [torch.float32, torch.float32, torch.float16]
+
+
 def test_load_demo_without_shipped_heads_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "DEMO_HEADS_DIR", str(tmp_path / "demo_heads"))
     with pytest.raises(demo.DemoError, match="demo Medusa heads are missing"):
@@ -126,9 +173,11 @@ def test_shipped_heads_are_lossless_and_speculate_on_mt_bench():
     batch (each row accepts its own tokens per step); the reference is HF ``generate()`` in a left-padded
     batch, or alone where the batched answer differs.
     """
-    model = demo.load_demo(dtype=torch.float32)
-    assert model.tree_policy is not None  # loaded from the shipped files; the explicit tree below wins over it
+    model = demo.load_demo()
     tree = os.path.join(demo.DEMO_HEADS_DIR, "cpu_tree.json")
+    # the CLI's CPU defaults: float32, and the CPU tree in place of the policy measured on a GPU
+    assert model.lm_head.weight.dtype == torch.float32 and model.tree_policy is None
+    assert model.default_medusa_choices == tree
     questions = load_questions()
     sample = [next(q for q in questions if q["category"] == c) for c in dict.fromkeys(q["category"] for q in questions)]
     assert len(sample) == 8

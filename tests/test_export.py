@@ -198,8 +198,7 @@ def test_vllm(ours, tmp_path, base_dir):
     assert cfg["base_model_name_or_path"] == base_dir and cfg["medusa_fc_bias"] is True
     assert cfg["original_lm_head"] is model.config.shared_lm_head
     assert any("lm_heads.0.weight" in n for n in notes) == model.config.shared_lm_head
-    # vLLM's reader is the only way back from this format.
-    check_round_trip(model, None, read_vllm(str(tmp_path)))
+    check_round_trip(model, str(tmp_path), read_vllm(str(tmp_path)))  # medusa-llm loads the export back too
 
 
 def test_tgi(ours, tmp_path):
@@ -218,6 +217,8 @@ def test_trtllm(ours, tmp_path):
     notes = export.export(path, "trtllm", str(tmp_path))
     assert not os.path.exists(tmp_path / "medusa_lm_head.pt")  # it would shadow the safetensors
     assert any("materialised" in n for n in notes) == model.config.shared_lm_head
+    with open(tmp_path / "config.json") as f:  # the name TensorRT-LLM's MedusaConfig.from_hugging_face reads
+        assert json.load(f)["num_medusa_heads"] == NUM_HEADS
     check_round_trip(model, str(tmp_path), read_trtllm(str(tmp_path)))
 
 
@@ -330,3 +331,19 @@ def test_mismatched_weights_refused(base_dir, tmp_path):
     save_file(weights, tmp_path / "heads" / "medusa_lm_head.safetensors")
     with pytest.raises(CheckpointError, match=r"missing keys \['1\.0\.linear\.bias'\]"):
         export.export(str(tmp_path / "heads"), "vllm", str(tmp_path / "out"))
+
+
+def test_non_empty_output_is_refused_unless_overwrite_which_clears_it(base_dir, tmp_path, capsys):
+    heads, out = str(tmp_path / "heads"), tmp_path / "out"
+    trained_heads(base_dir, heads, 1, "own_lm_head")
+    assert export.main(["--model", heads, "--format", "vllm", "--output", str(out)]) == 0
+    capsys.readouterr()
+    assert export.main(["--model", heads, "--format", "tgi", "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--output {out} is not empty" in err and "--overwrite" in err
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]  # untouched
+    assert export.main(["--model", heads, "--format", "tgi", "--output", str(out), "--overwrite"]) == 0
+    assert sorted(os.listdir(out)) == ["config.json", "medusa_lm_head.safetensors"]  # no stale vLLM weights
+    with pytest.raises(ValueError, match="is --model or contains it"):
+        export.export(heads, "tgi", str(tmp_path), overwrite=True)
+    assert os.path.isdir(heads)

@@ -73,7 +73,8 @@ def test_upload_round_trip(heads_dir, hub, tmp_path, base):
     for expected in ["| Heads | 3 |", "self-distilled ShareGPT prompts", "| num_examples | 1234 |",
                      "| 0 | 0.560 | 0.780 |", "| 2 | 0.200 | – |", "| Tokens per step (per base forward) | 2.41 |",
                      "| Speedup over plain greedy decoding | 1.87 |", "| Hardware | H200 |",
-                     '"method": "medusa"', "--format vllm", "--model-id me/medusa-tiny",
+                     '"method": "medusa"', "--format vllm", '"num_speculative_tokens": 3', "--format tgi",
+                     "--model-id /data/medusa-tgi",
                      'snapshot_download("me/medusa-tiny")']:
         assert expected in card, expected
     assert "unknown" not in card
@@ -150,3 +151,36 @@ def test_cli_and_import_side_effects(heads_dir, hub):
                          env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "Uploaded" in run.stdout and "README.md" in hub.repos["me/cli"]["branches"]["main"]
+
+
+def test_invalid_repo_id_is_refused_before_anything_is_written(heads_dir, hub, capsys):
+    folder, _ = heads_dir
+    code = hf_utils.main(["--folder", folder, "--repo", "not a repo!!", "--endpoint", hub.endpoint, "--token", "t"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "--repo 'not a repo!!' is not a valid repository id" in err
+    assert hub.requests == [] and not os.path.exists(os.path.join(folder, "README.md"))
+
+
+def test_own_readme_is_kept_unless_replace_readme(heads_dir, hub, capsys):
+    folder, _ = heads_dir
+    with open(os.path.join(folder, "README.md"), "w") as f:
+        f.write("# My own card\n")
+    args = ["--folder", folder, "--repo", "me/x", "--endpoint", hub.endpoint, "--token", "hf_fake"]
+    assert hf_utils.main(args) == 0
+    assert hub.repos["me/x"]["branches"]["main"]["README.md"] == b"# My own card\n"
+    assert "note: uploaded the folder's own README.md" in capsys.readouterr().out
+    with open(os.path.join(folder, "README.md")) as f:
+        assert f.read() == "# My own card\n"
+    assert hf_utils.main(args + ["--replace-readme"]) == 0
+    assert b"| Heads | 3 |" in hub.repos["me/x"]["branches"]["main"]["README.md"]
+
+
+def test_corrupt_heads_file_is_one_line_naming_it(heads_dir, hub, capsys):
+    folder, _ = heads_dir
+    heads_file = os.path.join(folder, "medusa_lm_head.safetensors")
+    with open(heads_file, "r+b") as f:
+        f.truncate(os.path.getsize(heads_file) // 2)
+    code = hf_utils.main(["--folder", folder, "--repo", "me/x", "--endpoint", hub.endpoint, "--token", "t"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and f"{heads_file} cannot be read: it is truncated or corrupt" in err
+    assert hub.requests == []

@@ -11,6 +11,7 @@ Commands: ``!!exit``, ``!!reset`` (new conversation), ``!!remove`` (drop the las
 
 import argparse
 import itertools
+import logging
 import os
 import sys
 import time
@@ -23,6 +24,7 @@ import transformers
 from .. import demo
 from ..model import CheckpointError, MedusaModel, presets
 from ..model.checkpoint import is_full_model, read_config
+from ..model.medusa_model import default_dtype
 from ..model.sampling import resolve_sampling
 from .chat_io import STYLES
 from .conversation import ASSISTANT, USER, Conversation
@@ -49,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=512, help="most Medusa steps per reply (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, help="most new tokens per reply (default: what the steps allow)")
     p.add_argument("--medusa-choices", help=f"tree: a preset ({', '.join(sorted(presets()))}), a JSON list of paths "
-                                            "or a JSON file (default: mc_sim_7b_63 cut to the number of heads)")
+                                            "or a JSON file (default: the tree shipped with the heads for the device, else their tree policy, "
+                                            "else mc_sim_7b_63 cut to the number of heads)")
     p.add_argument("--sampling", choices=["lossless", "typical"], help="for temperature > 0: lossless (default; exactly "
                    "the base model's distribution) or typical (lossy, accepts more)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default: 0 = all)")
@@ -85,10 +88,7 @@ def hf_kwargs(args) -> dict:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: no CUDA device is available.")
-    if args.dtype != "auto":
-        dtype = getattr(torch, args.dtype)
-    else:
-        dtype = torch.float32 if device == "cpu" else "auto"  # fp16 matmuls on CPU are slow or missing
+    dtype = getattr(torch, args.dtype) if args.dtype != "auto" else default_dtype(device)
     kwargs = {"dtype": dtype, "device_map": device}
     if args.load_in_8bit or args.load_in_4bit:
         flag = "--load-in-8bit" if args.load_in_8bit else "--load-in-4bit"
@@ -96,14 +96,17 @@ def hf_kwargs(args) -> dict:
             raise CliError(f"{flag} needs bitsandbytes: pip install 'medusa-llm[quant]'.")
         from transformers import BitsAndBytesConfig
 
+        # On CPUs with AVX512-BF16, bitsandbytes' CPU backend tries at import to fetch a faster 4-bit kernel
+        # from the Hub (package `kernels`) and logs "Failed to load CPU gemm_4bit_forward" when it cannot; it
+        # then uses its own kernel, with the same results. Like the other library warnings, not for the chat.
+        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=args.load_in_8bit, load_in_4bit=args.load_in_4bit)
     return kwargs
 
 
 def load_model(args) -> MedusaModel:
     """The Medusa model asked for, with ``model.tokenizer`` set; CliError on a bad path or checkpoint."""
-    from transformers import AutoTokenizer
-
     for flag, path in (("--model", args.model), ("--base-model", args.base_model)):
         if path is not None and not os.path.isdir(path):
             raise CliError(f"{flag} {path}: no such directory.")
@@ -115,18 +118,8 @@ def load_model(args) -> MedusaModel:
     if base is None and read_config(path).get("base_model_name_or_path") == demo.DEMO_BASE_NAME:
         base = demo.demo_base_dir()
     model = MedusaModel.from_pretrained(path, base_model=base, **kwargs)
-    model.tokenizer = AutoTokenizer.from_pretrained(base or (path if is_full_model(path) else
-                                                             model.config.base_model_name_or_path))
+    model.get_tokenizer()
     return model
-
-
-def shipped_tree(heads_dir: str, device: torch.device) -> str | None:
-    """A tree shipped beside the heads: ``cpu_tree.json`` on CPU (big trees cost more than they save
-    there), ``tree.json`` elsewhere; None (the default preset) when the directory has none."""
-    for name in (("cpu_tree.json",) if device.type == "cpu" else ()) + ("tree.json",):
-        if os.path.isfile(os.path.join(heads_dir, name)):
-            return os.path.join(heads_dir, name)
-    return None
 
 
 @dataclass
@@ -299,8 +292,6 @@ def main(argv=None) -> int:
     try:
         chatio = STYLES[args.style](args.multiline)
         model = load_model(args)
-        if args.medusa_choices is None:
-            args.medusa_choices = shipped_tree(args.model or demo.DEMO_HEADS_DIR, model.lm_head.weight.device)
         model.tree_buffers(args.medusa_choices)  # reject a tree that does not fit the heads before chatting
         chat = Chat(model, args, chatio)
     except (CliError, CheckpointError, demo.DemoError, ValueError, OSError, ImportError) as e:

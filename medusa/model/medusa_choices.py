@@ -8,6 +8,8 @@ import json
 import os
 from importlib import resources
 
+from .checkpoint import read_json
+
 DEFAULT_TREE = "mc_sim_7b_63"
 MAX_TOP_K = 10
 
@@ -58,8 +60,7 @@ def resolve_medusa_choices(choices, num_heads: int) -> list[list[int]]:
         if choices in named:
             choices = named[choices]
         elif os.path.isfile(choices):
-            with open(choices) as f:
-                choices = json.load(f)
+            choices = read_json(choices)
         else:
             try:
                 choices = json.loads(choices)

@@ -18,6 +18,31 @@ from .tree import TreeBuffers, generate_medusa_buffers
 from .tree_policy import POLICY_FILES, TreePolicy
 
 
+CPU_TREE_FILE = "cpu_tree.json"
+TREE_FILE = "tree.json"
+
+
+def default_dtype(device_map) -> torch.dtype | str:
+    """The base model's dtype when none is asked for: float32 on CPU (fp16 matmuls there are slow or
+    missing), elsewhere the checkpoint's own (``"auto"``).
+
+    ``device_map`` is ``from_pretrained``'s: a device, ``"auto"`` (CUDA when available) or a module map.
+    """
+    if device_map == "auto":
+        device_map = "cuda" if torch.cuda.is_available() else "cpu"
+    on_cpu = isinstance(device_map, (str, torch.device)) and torch.device(device_map).type == "cpu"
+    return torch.float32 if on_cpu else "auto"
+
+
+def shipped_tree(heads_dir: str, device: torch.device) -> str | None:
+    """A tree shipped beside the heads: ``cpu_tree.json`` on CPU (big trees cost more than they save
+    there), ``tree.json`` elsewhere; None when the directory has none."""
+    for name in ((CPU_TREE_FILE,) if device.type == "cpu" else ()) + (TREE_FILE,):
+        if os.path.isfile(os.path.join(heads_dir, name)):
+            return os.path.join(heads_dir, name)
+    return None
+
+
 class MedusaModel(nn.Module):
     """A frozen base ``AutoModelForCausalLM`` plus Medusa heads.
 
@@ -52,6 +77,7 @@ class MedusaModel(nn.Module):
         self._decode_caches: dict[int, MedusaKVCache] = {}
         self._graphs: dict[int, dict[tuple, object]] = {}
         self.tree_policy = None
+        self.default_medusa_choices = None  # the tree used when generation names none and there is no policy
 
     # ----------------------------------------------------------------------------- loading / saving
     @classmethod
@@ -67,7 +93,9 @@ class MedusaModel(nn.Module):
 
         With ``heads_accuracy.json`` and ``verify_cost.json`` beside the heads, ``model.tree_policy`` is
         set from them: generation without ``medusa_choices`` then picks the tree for each batch size
-        (docs/trees.md). The cost curve is that of the GPU it was measured on.
+        (docs/trees.md). The cost curve is that of the GPU it was measured on, so on CPU a shipped
+        ``cpu_tree.json`` replaces the policy; a shipped tree (:func:`shipped_tree`) also serves where there
+        is no policy. It becomes ``model.default_medusa_choices``.
 
         Raises:
             checkpoint.CheckpointError: no heads, heads that do not match (names the keys), or policy
@@ -75,7 +103,6 @@ class MedusaModel(nn.Module):
         """
         raw = checkpoint.read_config(path)
         state_dict = checkpoint.read_heads_state_dict(path)
-        override = base_model is not None
         if base_model is None:
             base_model = path if checkpoint.is_full_model(path) else raw.get("base_model_name_or_path")
             if not base_model:
@@ -88,8 +115,6 @@ class MedusaModel(nn.Module):
         text_config = base_model.config.get_text_config()
         vocab_size = base_model.get_output_embeddings().weight.shape[0]
         config = checkpoint.resolve_config(raw, state_dict, text_config.hidden_size, vocab_size)
-        if override and getattr(base_model.config, "_name_or_path", None):
-            config.base_model_name_or_path = base_model.config._name_or_path  # the tokenizer comes from there too
         model = cls(base_model, config)
         checkpoint.load_heads_strict(model.medusa_head, state_dict)
         accuracy, cost = (os.path.join(path, name) for name in POLICY_FILES)
@@ -102,19 +127,25 @@ class MedusaModel(nn.Module):
                 raise checkpoint.CheckpointError(
                     f"{accuracy} measures {model.tree_policy.accuracies.shape[0]} heads; the checkpoint has "
                     f"{config.medusa_num_heads}.")
+        device = model.lm_head.weight.device
+        tree = shipped_tree(path, device)
+        if tree is not None and (model.tree_policy is None or device.type == "cpu"):
+            model.default_medusa_choices, model.tree_policy = tree, None
         return model
 
     def save_pretrained(self, path: str) -> None:
-        """Write ``config.json`` + ``medusa_lm_head.safetensors`` (loads in TGI and TensorRT-LLM as is), and
-        the tree policy's two files if the model has one."""
+        """Write ``config.json`` + ``medusa_lm_head.safetensors`` (the heads-only layout; serving engines get
+        :mod:`medusa.export`'s copies), and the tree policy's two files if the model has one."""
         checkpoint.save_heads(path, self.medusa_head, self.config)
         if self.tree_policy is not None:
             self.tree_policy.save(*(os.path.join(path, name) for name in POLICY_FILES))
 
     def get_tokenizer(self):
-        """The base model's tokenizer, loaded from ``base_model_name_or_path`` on first use."""
+        """The base model's tokenizer, loaded on first use from where the base model was loaded (a
+        ``base_model=`` override included), else from ``base_model_name_or_path``."""
         if self.tokenizer is None:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.config.base_model_name_or_path)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.base_model.name_or_path or
+                                                           self.config.base_model_name_or_path)
         return self.tokenizer
 
     # ----------------------------------------------------------------------------- forward
@@ -160,9 +191,11 @@ class MedusaModel(nn.Module):
 
     # ----------------------------------------------------------------------------- generation
     def tree_buffers(self, medusa_choices=None, copy_chains: int = 0, copy_depth: int = 0) -> TreeBuffers:
-        """Buffers for a tree of head paths (preset name, JSON, file or list; None = default; "none" = no
-        head nodes) with ``copy_chains`` copy branches of ``copy_depth`` tokens (prompt lookup)."""
+        """Buffers for a tree of head paths (preset name, JSON, file or list; None = ``default_medusa_choices``,
+        else the default preset; "none" = no head nodes) with ``copy_chains`` copy branches of ``copy_depth``
+        tokens (prompt lookup)."""
         device = self.lm_head.weight.device
+        medusa_choices = self.default_medusa_choices if medusa_choices is None else medusa_choices
         tree = [] if medusa_choices == "none" else resolve_medusa_choices(medusa_choices, self.config.medusa_num_heads)
         key = (tuple(map(tuple, tree)), copy_chains, copy_depth)
         if key not in self._trees:
