@@ -1,6 +1,7 @@
-"""Tokens/s at several batch sizes: the library's greedy loop against Medusa with a fixed tree and with the tree policy.
+"""Tokens/s at several batch sizes: the library's greedy loop against Medusa with its defaults (tree policy, copy
+branches, trees that follow acceptance), with the policy's trees fixed, and with a fixed tree.
 
-Rows are MT-bench first turns (cycled), each decoded to exactly ``--max-new-tokens`` (EOS ignored, so
+Rows are the questions' first turns (cycled; with ``--by-category``, each category's apart), each decoded to exactly ``--max-new-tokens`` (EOS ignored, so
 the batch size stays what the row says). With ``--continuous``, 4 x batch-size rows (at least 16) stop
 at EOS and go through one call with ``batch_size=`` (a finished row takes the next waiting prompt), as
 a server would run them. Every mode runs the same rows; Medusa rows are also compared token for token
@@ -11,6 +12,7 @@ with the greedy loop's.
 """
 
 import argparse
+import itertools
 import json
 
 import torch
@@ -52,29 +54,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--questions", default=DEFAULT_QUESTIONS)
     parser.add_argument("--batch-sizes", default="1,4,16,64")
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--tree", help="fixed tree for the 'medusa' mode (default: the default preset)")
+    parser.add_argument("--tree", help="also a 'medusa' mode: this fixed tree with the default copy branches")
     parser.add_argument("--cost-curve", help="verify-cost curve (benchmarks/verify_cost.py) for the 'policy' mode")
     parser.add_argument("--accuracies", help="heads_accuracy JSON for the 'policy' mode")
     parser.add_argument("--continuous", action="store_true", help="continuous batching with EOS (see above)")
     parser.add_argument("--device", default="cuda", help="cuda (bf16) or cpu (fp32, a smoke test)")
     parser.add_argument("--fold-gqa", action="store_true", help="every mode decodes with fold_gqa=True")
+    parser.add_argument("--by-category", action="store_true", help="one figure per question category")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
 
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     model = MedusaModel.from_pretrained(args.model, base_model=args.base_model, dtype=dtype).to(args.device).eval()
     tokenizer = model.get_tokenizer()
-    prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}])[0]
-               for q in load_questions(args.questions)]
+    questions = load_questions(args.questions)
+    groups = {"all": questions}
+    if args.by_category:
+        groups = {c: [q for q in questions if q["category"] == c] for c in dict.fromkeys(q["category"] for q in questions)}
     policy = TreePolicy.load(args.accuracies, args.cost_curve) if args.cost_curve else None
-    modes = {"greedy": {"medusa_choices": "none"}, "medusa": {"medusa_choices": args.tree}}
+    modes = {"greedy": {"medusa_choices": "none", "copy_chains": 0}, "default": {}, "fixed": {"adaptive": False}}
+    if args.tree:
+        modes["medusa"] = {"medusa_choices": args.tree, "adaptive": False}
     if policy is not None:
-        modes["policy"] = {"tree_policy": policy}
+        modes["policy"] = {"tree_policy": policy, "adaptive": False}
     for kwargs in modes.values():
         kwargs["fold_gqa"] = args.fold_gqa
 
     results = []
-    for batch_size in map(int, args.batch_sizes.split(",")):
+    for (group, group_questions), batch_size in itertools.product(groups.items(), map(int, args.batch_sizes.split(","))):
+        prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}])[0] for q in group_questions]
         if args.continuous:
             rows, call = max(4 * batch_size, 16), {"batch_size": batch_size}
             batches = [[prompts[i % len(prompts)] for i in range(rows)]]
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             rows, call = ROWS.get(batch_size, batch_size), {"eos_token_id": []}
             batches = [[prompts[(start + i) % len(prompts)] for i in range(batch_size)]
                        for start in range(0, rows, batch_size)]
-        result = {"batch_size": batch_size, "rows": rows, "continuous": args.continuous}
+        result = {"group": group, "batch_size": batch_size, "rows": rows, "continuous": args.continuous}
         if policy is not None:
             choice = policy.choices(batch_size)
             result["policy_tree_nodes"] = 0 if choice == "none" else len(choice)
@@ -105,9 +113,10 @@ def main(argv: list[str] | None = None) -> None:
         results.append(result)
         print(json.dumps(result), flush=True)
 
-    print(f"{'batch':>5} {'greedy tok/s':>12} " + " ".join(f"{m + ' tok/s':>14} {'x':>5} {'tok/step':>8}" for m in modes if m != "greedy"))
+    print(f"{'group':>14} {'batch':>5} {'greedy tok/s':>12} " +
+          " ".join(f"{m + ' tok/s':>14} {'x':>5} {'tok/step':>8}" for m in modes if m != "greedy"))
     for r in results:
-        print(f"{r['batch_size']:>5} {r['greedy']['tok_s']:>12.0f} " + " ".join(
+        print(f"{r['group']:>14} {r['batch_size']:>5} {r['greedy']['tok_s']:>12.0f} " + " ".join(
             f"{r[m]['tok_s']:>14.0f} {r[m]['speedup']:>5.2f} {r[m]['tokens_per_step']:>8.2f}" for m in modes if m != "greedy"))
     if args.output:
         with open(args.output, "w") as f:

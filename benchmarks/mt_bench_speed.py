@@ -35,7 +35,7 @@ def tree_arguments(spec: str) -> dict:
     arguments = {"medusa_choices": None if tree == "default" else tree}
     if copy:
         chains, _, depth = copy.partition("x")
-        arguments |= {"copy_chains": int(chains), "copy_depth": int(depth)}
+        arguments |= {"copy_chains": int(chains), "copy_depth": int(depth), "adaptive": False}
     return arguments
 
 
@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trees", nargs="+", default=["default"],
                         help="trees to run Medusa with: preset names, JSON files, 'none' (no head nodes) or 'default' "
                              "(mc_sim_7b_63 without the paths deeper than the heads; the preset by name fits only 4+ "
-                             "heads); each optionally followed by @CxL: C copy chains of L tokens (@0x0: heads only; "
-                             "without @, the library's default copy branches)")
+                             "heads); each optionally followed by @CxL: that tree alone, fixed, with C copy chains of L "
+                             "tokens (@0x0: heads only); without @, the library's defaults: copy branches and trees "
+                             "that follow acceptance")
     parser.add_argument("--hf-limit", type=int, default=10, help="questions also run with HF generate() (it is slow)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                         help="float32 shows whether bf16 rounding alone makes outputs differ")

@@ -28,6 +28,7 @@ from medusa.eval.tree_builder import build_tree, tree_capacity
 from medusa.model import CostCurve, MedusaKVCache, MedusaModel
 from medusa.model.kv_cache import round_up_to_block
 from medusa.model.cuda_graph import GraphedStep
+from medusa.model.decoding import DecodingConfig
 from medusa.model.generate import prefill, tree_step
 from medusa.model.medusa_choices import MAX_TOP_K
 
@@ -53,16 +54,15 @@ def step_ms(model: MedusaModel, batch_size: int, tree_size: int, prompt_len: int
     cache = MedusaKVCache.for_model(model.base_model, capacity, batch_size)  # private: freed after this point
     hidden = prefill(model, prompts, cache, fold_gqa)
     cache.fit_span(new_tokens // 2 + tree_size)  # attend over the slots of a step halfway through the generation
-    inputs = (model.lm_logits(hidden).argmax(-1), model.head_logits(hidden).transpose(0, 1),
-              torch.ones(batch_size, dtype=torch.bool, device=device))
-    step = partial(tree_step, model, buffers, cache, fold_gqa=fold_gqa)  # greedy
+    inputs = (model.lm_logits(hidden).argmax(-1), hidden, torch.ones(batch_size, dtype=torch.bool, device=device))
+    step = partial(tree_step, model, buffers, cache, config=DecodingConfig(fold_gqa=fold_gqa))  # greedy
     if cuda_graph:
         step = GraphedStep(step, inputs, cache)
     prompt_lens = cache.length.clone()
 
     def one_step():
         cache.length.copy_(prompt_lens)  # rewind: the same cache length, hence the same work, every step
-        tokens, accept_length, _, _ = step(*inputs)
+        tokens, accept_length, *_ = step(*inputs)
         torch.cat([accept_length[:, None], tokens], dim=1).tolist()  # the decode loop's one host sync per step
 
     for _ in range(warmup):

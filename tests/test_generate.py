@@ -21,7 +21,8 @@ def prompts(seed, count=3):
 
 
 def run(model, input_ids, **kwargs):
-    """All new tokens and the per-step accept lengths."""
+    """All new tokens and the per-step accept lengths (of the tree asked for: adaptive trees off by default)."""
+    kwargs.setdefault("adaptive", False)
     tokens, accepted = [], []
     for out in model.medusa_generate(input_ids, **kwargs):
         tokens += out["new_token_ids"]
@@ -127,6 +128,21 @@ def test_bad_input_ids_are_refused(shape, message):
         next(model.medusa_generate(torch.zeros(shape, dtype=torch.long)))
 
 
+@pytest.mark.parametrize("input_ids, kwargs, message", [
+    ([[5, 6, 7]], dict(max_new_tokens=-5), "max_new_tokens must be a positive integer; got -5"),
+    ([[5, 6, 7]], dict(max_new_tokens=0), "max_new_tokens must be a positive integer; got 0"),
+    ([[5, 6, 7]], dict(max_steps=-1), "max_steps must be a positive integer; got -1"),
+    ([[5, 6, 7]], dict(max_steps=2.5), "max_steps must be a positive integer; got 2.5"),
+    ([[5.0, 6.7, 7.0]], {}, "Token ids must be integers; got a prompt of dtype torch.float32"),
+    (torch.tensor([[5.0, 6.0]]), {}, "Token ids must be integers; got a prompt of dtype torch.float32"),
+    ([[5, 6], [True, False]], {}, "Token ids must be integers; got a prompt of dtype torch.bool"),
+])
+def test_bad_limits_and_non_integer_ids_are_refused(input_ids, kwargs, message):
+    model = MedusaModel(tiny_model("llama"), MedusaConfig(medusa_num_heads=2))
+    with pytest.raises(ValueError, match=message.replace(".", "\\.")):
+        next(model.medusa_generate(input_ids, **kwargs))
+
+
 def test_prompt_longer_than_context_is_refused():
     model = MedusaModel(tiny_model("llama", max_position_embeddings=64), MedusaConfig(medusa_num_heads=2))
     with pytest.raises(ValueError, match="context of 64 tokens"):
@@ -150,7 +166,8 @@ def test_batch_rows_equal_each_prompt_decoded_alone(arch, tree):
     references = [greedy_reference(model.base_model, p[None], NEW_TOKENS) for p in batch]
     steps = []
     outputs = [[] for _ in batch]
-    for rows in model.medusa_generate(batch, max_new_tokens=NEW_TOKENS, medusa_choices=tree, eos_token_id=[]):
+    for rows in model.medusa_generate(batch, max_new_tokens=NEW_TOKENS, medusa_choices=tree, eos_token_id=[],
+                                      adaptive=False):
         steps.append([row and row["accept_length"] for row in rows])
         for output, row in zip(outputs, rows):
             output += row["new_token_ids"] if row else []
@@ -324,7 +341,7 @@ def test_max_steps_counts_each_prompts_own_steps():
     batch = batch_prompts(15, 5)
     steps = list(model.medusa_generate(batch, batch_size=2, max_steps=3, eos_token_id=[]))
     assert [sum(rows[i] is not None for rows in steps) for i in range(len(batch))] == [3] * len(batch)
-    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer; got 0"):
         model.generate(batch, batch_size=0)
 
 

@@ -20,7 +20,8 @@ def test_simulated_accept_lengths_equal_real_generation(tree):
     model = fitted_medusa(base, prompts(100, 4), 4, steps=200)
     for input_ids in prompts(100, 4)[:2] + prompts(8, 2):
         real = [out["accept_length"] for out in model.medusa_generate(input_ids, max_new_tokens=40, medusa_choices=tree,
-                                                                      eos_token_id=[], copy_chains=0)]
+                                                                      eos_token_id=[], copy_chains=0,
+                                                                      adaptive=False)]
         sequence = torch.cat([input_ids[0], torch.tensor(greedy_reference(base, input_ids, 40))])
         simulated = simulate_accept_lengths(head_hits(model, sequence), input_ids.shape[1], tree)
         assert len(simulated) == len(real)

@@ -12,7 +12,7 @@ def test_mt_bench_benchmark_reports_speeds_and_the_random_weight_overhead(tmp_pa
     args = command_line(tmp_path)  # tiny 4-head heads + base + 3 questions of category "x"
     heads, questions = args[args.index("--model") + 1], args[args.index("--questions") + 1]
     main(["--model", heads, "--questions", questions, "--device", "cpu", "--dtype", "float32", "--max-new-tokens",
-          "16", "--hf-limit", "2", "--trees", "mc_sim_7b_63", "[[0], [0, 0]]", "default", "--overhead-shape", "tiny",
+          "16", "--hf-limit", "2", "--trees", "mc_sim_7b_63@2x10", "[[0], [0, 0]]@0x0", "default", "default@2x10", "--overhead-shape", "tiny",
           "--output", str(tmp_path / "out.json")])
     result = json.loads((tmp_path / "out.json").read_text())
     overall = result["overall"]
@@ -20,15 +20,17 @@ def test_mt_bench_benchmark_reports_speeds_and_the_random_weight_overhead(tmp_pa
     assert overall["hf_identical_to_greedy"] == 1.0  # fp32: HF generate() and the greedy loop agree
     rows = result["rows"]
     assert [r["greedy_tokens"] for r in rows] == [16] * 3 and [("hf_s" in r) for r in rows] == [True, True, False]
-    for tree in ("mc_sim_7b_63", "[[0], [0, 0]]", "default"):
+    for tree in ("mc_sim_7b_63@2x10", "[[0], [0, 0]]@0x0", "default", "default@2x10"):
         medusa = overall[f"medusa[{tree}]"]
         assert medusa["identical_to_greedy"] == 1.0 and all(r[f"medusa[{tree}]"]["first_difference"] is None for r in rows)
         steps = sum(r[f"medusa[{tree}]"]["steps"] for r in rows)
-        assert medusa["tokens_per_step"] == pytest.approx(48 / steps) and medusa["tokens_per_step"] > 1
+        assert medusa["tokens_per_step"] == pytest.approx(48 / steps)
+        # A fixed tree speculates; the default may verify no tree where drafts do not pay (tiny random heads).
+        assert medusa["tokens_per_step"] > 1 if "@" in tree else medusa["tokens_per_step"] >= 1
         seconds = sum(r[f"medusa[{tree}]"]["s"] for r in rows)
         assert medusa["speedup_vs_greedy"] == pytest.approx((48 / seconds) / overall["greedy_tok_s"])
-    # "default" is the preset pruned to the heads: with 4 heads, all of mc_sim_7b_63.
-    assert [r["medusa[default]"]["steps"] for r in rows] == [r["medusa[mc_sim_7b_63]"]["steps"] for r in rows]
+    # "default" is the preset pruned to the heads: with 4 heads, all of mc_sim_7b_63; @ fixes the tree.
+    assert [r["medusa[default@2x10]"]["steps"] for r in rows] == [r["medusa[mc_sim_7b_63@2x10]"]["steps"] for r in rows]
     overhead = result["overhead"]
     assert overhead["shape"] == "tiny" and overhead["tree"] == "mc_sim_7b_63"
     assert overhead["identical_first_32_tokens"] == {"none": {"eager_equals_hf": True},

@@ -240,17 +240,20 @@ def test_batched_generate_asks_the_policy_at_each_batch_size():
     expected = [ref[: next((i + 1 for i, t in enumerate(ref) if t in eos), len(ref))] for ref in references]
     outputs, steps = [[] for _ in batch], []
     # Heads only, so that a step's accept length is bounded by the chosen tree's depth.
-    for rows in model.medusa_generate(batch, max_new_tokens=40, eos_token_id=eos, tree_policy=policy, copy_chains=0):
+    for rows in model.medusa_generate(batch, max_new_tokens=40, eos_token_id=eos, tree_policy=policy, copy_chains=0,
+                                      adaptive=False):
         steps.append([row["accept_length"] for row in rows if row is not None])
         for output, row in zip(outputs, rows):
             output += row["new_token_ids"] if row else []
     assert outputs == expected
-    step_sizes = policy.asked[-len(steps):]  # one question per step, after those medusa_generate asks up front
-    assert step_sizes[0] == 7 and step_sizes[-1] <= 2
-    for size, accepted in zip(step_sizes, steps):
-        choice = policy.choices(size)
-        assert max(accepted) <= (0 if choice == "none" else max(map(len, choice)))
-    assert {policy.choices(s) == "none" for s in step_sizes} == {True, False}
+    # Asked up front for every batch size the rows can shrink to, then at the start and at each shrink.
+    assert sorted(policy.asked[:7]) == list(range(1, 8))
+    sizes = policy.asked[7:]
+    assert sizes[0] == 7 and sizes[-1] <= 2 and sizes == sorted(sizes, reverse=True)
+    assert policy.choices(7) == "none" and steps[0] == [0] * 7  # 7 rows: no tree pays, plain steps
+    depth = max(max(map(len, c)) for c in map(policy.choices, sizes) if c != "none")
+    assert max(a for accepted in steps for a in accepted) <= depth
+    assert {policy.choices(s) == "none" for s in sizes} == {True, False}
     assert max(a for accepted in steps for a in accepted) >= 1
 
 

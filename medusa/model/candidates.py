@@ -20,8 +20,8 @@ def copy_candidates(text: torch.Tensor, length: torch.Tensor, chains: int, depth
     looked for earlier in that text; each earlier end position p is scored by the longest n that
     matches there, ties broken by recency (larger p). The ``chains`` best positions each propose the
     ``depth`` tokens that followed them; a continuation that runs past the end of the text repeats its
-    last token, and a row with fewer matches than ``chains`` gets continuations of non-matching
-    positions. Neither matters for correctness: copied tokens are verified like any other candidate.
+    last token, and a row with fewer matches than ``chains`` gets the continuations of its latest
+    unmatched positions. Neither matters for correctness: copied tokens are verified like any other candidate.
 
     Args:
         text: ``[batch, span]`` token ids; row b's text is its first ``length[b] + 1`` entries (the
@@ -40,8 +40,9 @@ def copy_candidates(text: torch.Tensor, length: torch.Tensor, chains: int, depth
         shifted = torch.nn.functional.pad(text, (k, 0), value=-1)[:, :span]  # text[b, p - k]
         run = run & (shifted == query[:, k, None]) & (length[:, None] >= k)
         matched += run
-    # End positions before the query itself, so at least one token follows the match.
-    score = torch.where((positions < length[:, None]) & (matched > 0), matched * span + positions, -1)
+    # End positions before the query itself, so at least one token follows the match; without a match a
+    # position ranks by recency alone, so filler chains are the same whatever the span (simulations match).
+    score = torch.where(positions < length[:, None], matched * span + positions, -1 - positions)
     ends = score.topk(chains, dim=-1).indices  # [batch, chains]
     follow = ends[:, :, None] + 1 + torch.arange(depth, device=text.device)  # [batch, chains, depth]
     follow = torch.minimum(follow, length[:, None, None])

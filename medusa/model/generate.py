@@ -1,18 +1,23 @@
 """The Medusa decode loop: prefill, then tree steps until EOS or the token limit (DESIGN.md §1)."""
 
 from collections.abc import Iterator
+import time
 from contextlib import ExitStack, nullcontext
 from functools import cache, partial
 
 import torch
 
+from .adaptive import AcceptanceFollower, draft_levels
 from .attention import grouped_query_attention
 from .candidates import COPY_CHAINS, COPY_DEPTH, copy_candidates, generate_candidates
 from .cuda_graph import GraphedStep
+from .decoding import DecodingConfig
 from .kv_cache import MedusaKVCache
 from .masks import model_attention_mask
-from .posterior import evaluate_posterior_greedy, evaluate_posterior_lossless, evaluate_posterior_typical
-from .sampling import choose_root, resolve_sampling
+from .posterior import (POSTERIOR_ALPHA, POSTERIOR_THRESHOLD, evaluate_posterior_greedy, evaluate_posterior_lossless,
+                        evaluate_posterior_typical)
+from .sampling import choose_root
+from .scheduler import RowScheduler
 from .tree import TreeBuffers
 
 
@@ -34,10 +39,8 @@ def _per_row(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return tensor[torch.arange(tensor.shape[0], device=tensor.device), index]
 
 
-def tree_step(model, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Tensor, head_logits: torch.Tensor,
-              active: torch.Tensor, sampling: str = "greedy", temperature: float = 0.0, top_k: int = 0,
-              top_p: float = 1.0, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3,
-              generator: torch.Generator | None = None, fold_gqa: bool = False):
+def tree_step(model, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Tensor, hidden: torch.Tensor,
+              active: torch.Tensor, config: DecodingConfig):
     """One Medusa step for a batch: verify every row's tree in one forward, accept a path per row, compact the cache.
 
     Greedy and typical steps have static shapes and no host synchronisation, so they can be captured
@@ -47,45 +50,55 @@ def tree_step(model, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Ten
 
     Args:
         root: ``[batch]`` the token that follows each row's accepted sequence.
-        head_logits: ``[batch, heads, V]`` the heads' logits at each row's last accepted position
-            (ignored for a root-only tree, which makes this a plain decoding step).
+        hidden: ``[batch, d]`` the base model's hidden state at each row's last accepted token (the
+            heads' input; unused by a tree without head nodes).
         active: ``[batch]`` bool; a row that is not active keeps its cache length (finished rows
             waiting to be dropped from the batch).
-        fold_gqa: attend with :func:`~medusa.model.attention.grouped_sdpa_attention`.
 
     Returns:
         tokens ``[batch, depth + 1]`` (each row's chosen path; its first ``accept_length + 1`` are
-        new), accept_length ``[batch]``, the next roots ``[batch]`` and the head logits
-        ``[batch, heads, V]`` at each row's last accepted token.
+        new), accept_length ``[batch]``, copy_length ``[batch]`` (what the copy branches alone
+        accepted; 0 without them), the next roots ``[batch]`` and the hidden states ``[batch, d]`` at
+        each row's last accepted token.
     """
+    head_logits = model.head_logits(hidden).transpose(0, 1) if buffers.head_depth else None  # [batch, heads, V]
     copies = None
     if buffers.copy_chains:
         copies = copy_candidates(cache.text(root), cache.length, buffers.copy_chains, buffers.copy_depth)
     tree_candidates, candidates = generate_candidates(root, head_logits, buffers, copies)
     hidden = _forward(model, tree_candidates, buffers.attn_mask, cache.length[:, None] + buffers.position_ids, cache,
-                      fold_gqa)
+                      config.fold_gqa)
     logits = model.lm_logits(hidden)  # [batch, T, V]
-    if sampling == "lossless":
-        rows = [evaluate_posterior_lossless(logits[b], tree_candidates[b], buffers, temperature, top_k, top_p, generator)
-                for b in range(logits.shape[0])]
+    chains = slice(candidates.shape[1] - buffers.copy_chains, None)  # the copy branches' rows of the paths
+    copy_length = torch.zeros_like(root)
+    if config.sampling == "lossless":
+        rows = [evaluate_posterior_lossless(logits[b], tree_candidates[b], buffers, config.temperature, config.top_k,
+                                            config.top_p, config.generator) for b in range(logits.shape[0])]
         path, accept_length, next_root = (torch.stack(column) for column in zip(*rows))
+        if buffers.copy_chains:  # a path whose first node is a chain's (head nodes come first: a lower bound)
+            copy_length = torch.where(path[:, 1] > buffers.num_nodes - 1 - buffers.copy_chains * buffers.copy_depth,
+                                      accept_length, 0)
     else:
-        if sampling == "greedy":
+        if config.sampling == "greedy":
             predictions = logits.argmax(-1)[:, buffers.retrieve_indices]  # [batch, leaves, depth + 1]
             best, accept_length = evaluate_posterior_greedy(predictions, candidates, buffers.path_valid)
             next_root = _per_row(_per_row(predictions, best), accept_length)
+            if buffers.copy_chains:
+                copy_length = evaluate_posterior_greedy(predictions[:, chains], candidates[:, chains],
+                                                        buffers.path_valid[chains])[1]
         else:
             path_logits = logits[:, buffers.retrieve_indices]
-            best, accept_length = evaluate_posterior_typical(path_logits, candidates, buffers.path_valid, temperature,
-                                                             posterior_threshold, posterior_alpha, top_k, top_p)
-            next_root = choose_root(_per_row(_per_row(path_logits, best), accept_length), temperature, top_k, top_p,
-                                    generator)
+            typical = (config.temperature, config.posterior_threshold, config.posterior_alpha, config.top_k, config.top_p)
+            best, accept_length = evaluate_posterior_typical(path_logits, candidates, buffers.path_valid, *typical)
+            next_root = choose_root(_per_row(_per_row(path_logits, best), accept_length), config.temperature,
+                                    config.top_k, config.top_p, config.generator)
+            if buffers.copy_chains:
+                copy_length = evaluate_posterior_typical(path_logits[:, chains], candidates[:, chains],
+                                                         buffers.path_valid[chains], *typical)[1]
         path = buffers.retrieve_indices[best]  # [batch, depth + 1]
     tokens = tree_candidates.gather(1, path)
     cache.accept(path, (accept_length + 1) * active, tokens)
-    if buffers.head_depth:
-        head_logits = model.head_logits(_per_row(hidden, _per_row(path, accept_length))).transpose(0, 1)
-    return tokens, accept_length, next_root, head_logits
+    return tokens, accept_length, copy_length, next_root, _per_row(hidden, _per_row(path, accept_length))
 
 
 def _eos_ids(model, eos_token_id) -> set[int]:
@@ -118,6 +131,10 @@ def _token_budget(model, prompt_len: int, tree_size: int, depth: int, max_steps:
     return max_new_tokens
 
 
+def _integer(ids: torch.Tensor) -> bool:
+    return not (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool)
+
+
 def _prompt_list(input_ids) -> tuple[list[torch.Tensor], bool]:
     """``[1, L]`` tensor -> one prompt (streaming dicts); ``[B, L]`` tensor or a list of sequences -> a batch."""
     if isinstance(input_ids, torch.Tensor):
@@ -125,9 +142,13 @@ def _prompt_list(input_ids) -> tuple[list[torch.Tensor], bool]:
             raise ValueError(f"input_ids must be [batch, prompt_len] or a list of prompts; got shape {tuple(input_ids.shape)}.")
         prompts, single = list(input_ids), input_ids.shape[0] == 1
     else:
-        prompts, single = [torch.as_tensor(p, dtype=torch.long) for p in input_ids], False
+        prompts, single = [torch.as_tensor(p) for p in input_ids], False
         if any(p.ndim != 1 for p in prompts):
             raise ValueError("A list of prompts must hold 1-D token id sequences.")
+    if not all(map(_integer, prompts)):
+        raise ValueError("Token ids must be integers; got a prompt of dtype "
+                         f"{next(p.dtype for p in prompts if not _integer(p))}.")
+    prompts = [p.long() for p in prompts]
     if not prompts or any(p.numel() == 0 for p in prompts):
         raise ValueError("The prompt is empty.")
     return prompts, single
@@ -135,12 +156,14 @@ def _prompt_list(input_ids) -> tuple[list[torch.Tensor], bool]:
 
 @torch.inference_mode()
 def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int = 512,
-                    max_new_tokens: int | None = None, medusa_choices=None, posterior_threshold: float = 0.09,
-                    posterior_alpha: float = 0.3, eos_token_id: int | list[int] | None = None,
+                    max_new_tokens: int | None = None, medusa_choices=None,
+                    posterior_threshold: float = POSTERIOR_THRESHOLD, posterior_alpha: float = POSTERIOR_ALPHA,
+                    eos_token_id: int | list[int] | None = None,
                     generator: torch.Generator | None = None, sampling: str | None = None, top_k: int = 0,
                     top_p: float = 1.0, cuda_graph: bool | None = None, tree_policy=None,
                     batch_size: int | None = None, compile_step: bool = False, fold_gqa: bool = False,
-                    copy_chains: int = COPY_CHAINS, copy_depth: int = COPY_DEPTH) -> Iterator:
+                    copy_chains: int | None = None, copy_depth: int = COPY_DEPTH,
+                    adaptive: bool | None = None) -> Iterator:
     """Generate with Medusa heads, yielding after every step.
 
     Args:
@@ -173,10 +196,15 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
             rotary embedding, masks) before any graph capture; greedy and typical sampling only.
             Each new tree, batch size or cache span (256 slots) compiles on first use (seconds to
             minutes); up to ``COMPILE_VARIANTS`` of them per process, then new ones run uncompiled.
-        copy_chains, copy_depth: copy branches (prompt lookup) added to every tree that speculates:
-            ``copy_chains`` chains of ``copy_depth`` tokens that followed the latest earlier occurrences
-            of the text's last 1-3 tokens (in the prompt or the reply so far). 0 chains: heads only.
-            With ``medusa_choices="none"`` and chains, only copied tokens are speculated.
+        copy_chains, copy_depth: copy branches (prompt lookup) added to the tree: ``copy_chains``
+            chains of ``copy_depth`` tokens that followed the latest earlier occurrences of the text's
+            last 1-3 tokens (in the prompt or the reply so far). 0 chains: heads only. Default
+            (None): ``COPY_CHAINS`` beside head nodes, none for ``medusa_choices="none"`` (plain
+            decoding); ``medusa_choices="none"`` with chains speculates copied tokens only.
+        adaptive: let each step verify the smallest draft that pays (:mod:`medusa.model.adaptive`):
+            the whole tree, the copy branches alone, or nothing, from each row's running acceptance
+            and step times measured on this device. Default: on for greedy decoding; off for sampling,
+            so that a seeded generator reproduces its output (the choice depends on measured times).
         fold_gqa: for grouped-query models, attend without copying the cache per layer
             (:mod:`medusa.model.attention`): on an H200, batch-64 greedy steps of the demo shape 38 %
             faster, batch-1 Medusa steps ~2 % slower. Off by default: a tree policy's cost curve is
@@ -191,11 +219,12 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
         after EOS (tokens accepted after it are dropped) or at its token or step limit.
     """
     prompts, single = _prompt_list(input_ids)
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
+    for name, value in (("max_steps", max_steps), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{name} must be a positive integer; got {value!r}.")
     batch_size = min(batch_size or len(prompts), len(prompts))
-    sampling = resolve_sampling(sampling, temperature, top_k, top_p)
-    _check_copy_shape(copy_chains, copy_depth)
+    config = DecodingConfig(temperature, sampling, top_k, top_p, posterior_threshold, posterior_alpha, generator, fold_gqa)
+    check_copy_shape(copy_chains, copy_depth)
     trees = _tree_chooser(model, medusa_choices, tree_policy, copy_chains, copy_depth)
     used = [trees(n) for n in range(1, batch_size + 1)]  # every batch size the rows can shrink to
     tree_size, depth = max(b.num_nodes for b in used), max(b.depth for b in used)
@@ -203,17 +232,18 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
     budget = _token_budget(model, longest, tree_size, depth, max_steps, max_new_tokens)
     device = model.lm_head.weight.device
     if cuda_graph is None:
-        cuda_graph = device.type == "cuda" and sampling == "greedy"
-    if cuda_graph and (device.type != "cuda" or sampling != "greedy"):
+        cuda_graph = device.type == "cuda" and config.sampling == "greedy"
+    if cuda_graph and (device.type != "cuda" or config.sampling != "greedy"):
         raise ValueError("cuda_graph=True needs a CUDA model and greedy decoding (temperature 0).")
-    if compile_step and sampling == "lossless":
+    if compile_step and config.sampling == "lossless":
         raise ValueError("compile_step=True needs greedy or typical sampling (lossless sampling walks the tree on "
                          "the host).")
+    if adaptive is None:
+        adaptive = config.sampling == "greedy"
     step = _compiled_tree_step(COMPILE_BACKEND) if compile_step else tree_step
-    decoder = _decode(model, trees, step, [p.to(device) for p in prompts], batch_size, longest + budget + tree_size,
-                      budget, max_steps, _eos_ids(model, eos_token_id), cuda_graph, sampling=sampling, temperature=temperature,
-                      top_k=top_k, top_p=top_p, posterior_threshold=posterior_threshold,
-                      posterior_alpha=posterior_alpha, generator=generator, fold_gqa=fold_gqa)
+    decoder = _decode(model, trees, step, RowScheduler([p.to(device) for p in prompts], batch_size, budget, max_steps,
+                                                       _eos_ids(model, eos_token_id)),
+                      longest + budget + tree_size, cuda_graph, config, adaptive)
     yield from (_single(model.tokenizer, decoder) if single else decoder)
 
 
@@ -238,27 +268,27 @@ def _compiled_tree_step(backend: str):
     return step
 
 
-def _check_copy_shape(copy_chains, copy_depth) -> None:
+def check_copy_shape(copy_chains: int | None, copy_depth: int) -> None:
+    """ValueError unless the copy branches' shape is valid (None chains: the default)."""
     for name, value in (("copy_chains", copy_chains), ("copy_depth", copy_depth)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise ValueError(f"{name} must be a non-negative integer; got {value!r}.")
     if copy_chains and not copy_depth:
         raise ValueError("copy_depth must be at least 1 when copy_chains > 0.")
 
 
-def _tree_chooser(model, medusa_choices, tree_policy, copy_chains: int, copy_depth: int):
-    """``batch_size -> TreeBuffers``: the fixed tree, else the policy's, else the default preset; with the
-    copy branches added to any of them but ``"none"`` given by a policy (no speculation at all)."""
+def _tree_chooser(model, medusa_choices, tree_policy, copy_chains: int | None, copy_depth: int):
+    """``batch_size -> TreeBuffers``: the fixed tree, else the policy's, else the default tree; with the copy
+    branches (by default, beside head nodes only: ``"none"`` stays plain decoding)."""
     policy = tree_policy or model.tree_policy
-    if medusa_choices is not None or policy is None:
-        return lambda batch_size: model.tree_buffers(medusa_choices, copy_chains, copy_depth if copy_chains else 0)
 
-    def chosen(batch_size):
-        choices = policy.choices(batch_size)
-        chains = 0 if choices == "none" else copy_chains
+    def buffers(choices):
+        chains = (0 if choices == "none" else COPY_CHAINS) if copy_chains is None else copy_chains
         return model.tree_buffers(choices, chains, copy_depth if chains else 0)
 
-    return chosen
+    if medusa_choices is not None or policy is None:
+        return lambda batch_size: buffers(medusa_choices)
+    return lambda batch_size: buffers(policy.choices(batch_size))
 
 
 def _single(tokenizer, decoder: Iterator[list[dict]]) -> Iterator[dict]:
@@ -275,11 +305,6 @@ def _single(tokenizer, decoder: Iterator[list[dict]]) -> Iterator[dict]:
         yield {"text": text if tokenizer is not None else None, "new_text": new_text,
                "new_token_ids": row["new_token_ids"], "accept_length": row["accept_length"],
                "num_new_tokens": row["num_new_tokens"]}
-
-
-def _bucket(num_active: int) -> int:
-    """Batch size to run ``num_active`` rows at: the next power of two, so few CUDA graphs are captured."""
-    return 1 << (num_active - 1).bit_length()
 
 
 def prefill(model, prompts: list[torch.Tensor], cache: MedusaKVCache, fold_gqa: bool = False) -> torch.Tensor:
@@ -302,93 +327,77 @@ def prefill(model, prompts: list[torch.Tensor], cache: MedusaKVCache, fold_gqa: 
     return hidden
 
 
-def _new_tokens(accepted: list[int], eos: set[int], room: int) -> tuple[list[int], bool]:
-    """What a step adds to one prompt's output: its accepted tokens up to the first EOS and at most
-    ``room`` of them; and whether the prompt stops there."""
-    for j, token in enumerate(accepted):
-        if token in eos:
-            return accepted[: min(j + 1, room)], True
-    return accepted[:room], len(accepted) >= room
+def _levels(model, trees, batch_size: int, adaptive: bool) -> list[TreeBuffers]:
+    """The trees a step at ``batch_size`` rows may verify, smallest first (:mod:`medusa.model.adaptive`)."""
+    full = trees(batch_size)
+    if not adaptive:
+        return [full]
+    copy_only = model.tree_buffers("none", full.copy_chains, full.copy_depth) if full.copy_chains else None
+    return draft_levels(full, model.tree_buffers("none"), copy_only)
 
 
-def _decode(model, trees, step_fn, prompts: list[torch.Tensor], batch_size: int, capacity: int, budget: int,
-            max_steps: int, eos: set[int], cuda_graph: bool, **decoding) -> Iterator[list[dict | None]]:
-    """Prefill the first ``batch_size`` prompts in one right-padded forward, then batched steps; rows that
+def _decode(model, trees, step_fn, rows: RowScheduler, capacity: int, cuda_graph: bool, config: DecodingConfig,
+            adaptive: bool) -> Iterator[list[dict | None]]:
+    """Prefill the first ``rows.batch_size`` prompts in one right-padded forward, then batched steps; rows that
     finish take the next waiting prompts, and once none wait, leave the batch. See :func:`medusa_generate`."""
-    device = prompts[0].device
-    waiting = list(range(len(prompts)))[::-1]  # prompt indices, next one last
-    outputs: list[list[int]] = [[] for _ in prompts]
-    steps = [0] * len(prompts)
-    lengths = [p.shape[0] for p in prompts]  # each prompt's committed cache length
+    device = rows.prompts[0].device
 
     def start(cache: MedusaKVCache):
-        """Prefill the next ``cache.batch_size`` waiting prompts into ``cache``: (their indices, roots, head logits)."""
-        new = [waiting.pop() for _ in range(cache.batch_size)]
-        hidden = prefill(model, [prompts[i] for i in new], cache, decoding["fold_gqa"])
-        root = choose_root(model.lm_logits(hidden), decoding["temperature"], decoding["top_k"], decoding["top_p"],
-                           decoding["generator"])
-        return new, root, model.head_logits(hidden).transpose(0, 1)
+        """Prefill the next ``cache.batch_size`` waiting prompts into ``cache``: (their indices, roots, hidden states)."""
+        new = rows.take(cache.batch_size)
+        hidden = prefill(model, [rows.prompts[i] for i in new], cache, config.fold_gqa)
+        return new, choose_root(model.lm_logits(hidden), config.temperature, config.top_k, config.top_p,
+                                config.generator), hidden
 
     with ExitStack() as stack:
-        cache, graphs = stack.enter_context(model.decode_cache(capacity, batch_size))
-        rows, root, head_logits = start(cache)  # rows[r]: the prompt in cache row r (None once finished)
-        active = torch.ones(batch_size, dtype=torch.bool, device=device)
+        cache, graphs = stack.enter_context(model.decode_cache(capacity, rows.batch_size))
+        rows.rows, root, hidden = start(cache)
+        levels = _levels(model, trees, cache.batch_size, adaptive)
+        follower = AcceptanceFollower(levels, model.step_times, cache.batch_size)
+        active = torch.ones(cache.batch_size, dtype=torch.bool, device=device)
         while True:
-            buffers = trees(cache.batch_size)
-            step = partial(step_fn, model, buffers, cache, **decoding)
+            live = [r for r, i in enumerate(rows.rows) if i is not None]
+            level = follower.choose(cache.batch_size, live) if len(levels) > 1 else 0
+            buffers = levels[level]
+            step = partial(step_fn, model, buffers, cache, config=config)
             cache.check_capacity(buffers.num_nodes)
             span = cache.fit_span(buffers.num_nodes)
             if cuda_graph:  # one graph per step function, tree, span and attention: a few per generation
-                key = (step_fn, buffers.key, span, decoding["fold_gqa"])
+                key = (step_fn, buffers.key, span, config.fold_gqa)
                 if key not in graphs:
-                    graphs[key] = GraphedStep(step, (root, head_logits, active), cache)
+                    graphs[key] = GraphedStep(step, (root, hidden, active), cache)
                 step = graphs[key]
-            tokens, accept_length, root, head_logits = step(root, head_logits, active)
-            host = torch.cat([accept_length[:, None], tokens], dim=1).tolist()  # the step's one host sync
-
-            report: list[dict | None] = [None] * len(prompts)
-            done = []  # cache rows whose prompt finished this step
-            for r, (accepted, *path) in enumerate(host):
-                i = rows[r]
-                if i is None:
-                    continue
-                lengths[i] += accepted + 1
-                steps[i] += 1
-                new_ids, stopped = _new_tokens(path[: accepted + 1], eos, budget - len(outputs[i]))
-                finished = stopped or steps[i] >= max_steps
-                outputs[i] += new_ids
-                report[i] = {"new_token_ids": new_ids, "accept_length": accepted, "num_new_tokens": len(outputs[i]),
-                             "finished": finished}
-                if finished:
-                    done.append(r)
+            started = time.perf_counter()
+            tokens, accept_length, copy_length, root, hidden = step(root, hidden, active)
+            host = torch.cat([accept_length[:, None], copy_length[:, None], tokens], dim=1).tolist()  # the one sync
+            if len(levels) > 1:
+                model.step_times.record(cache.batch_size, buffers, time.perf_counter() - started)
+                follower.update(level, live, [h[0] for h in host], [h[1] for h in host])
+            report, finished = rows.record([[h[0]] + h[2:] for h in host])
             yield report
-            if done:
-                for r in done:
-                    rows[r] = None
-                free = [r for r, i in enumerate(rows) if i is None][: len(waiting)]
-                # Refill once an eighth of the batch is free: a prefill is an eager forward (~18 ms on
-                # a GPU, DESIGN.md section 6), worth several steps, so one per finished row would cost
-                # more than the idle rows.
-                if free and len(free) >= min(max(1, batch_size // 8), len(waiting)):
-                    # prefill waiting prompts apart, then copy them into the free rows
-                    longest = max(prompts[i].shape[0] for i in waiting[-len(free):])
+            if finished:
+                if rows.done:
+                    return
+                free = rows.rows_to_refill()
+                if free:  # prefill waiting prompts apart, then copy them into the free rows
+                    longest = max(rows.prompts[i].shape[0] for i in rows.waiting[-len(free):])
                     fresh = MedusaKVCache.for_model(model.base_model, longest, len(free))
-                    new, fresh_root, fresh_heads = start(fresh)
+                    new, fresh_root, fresh_hidden = start(fresh)
                     index = torch.tensor(free, device=device)
                     fresh.copy_rows_to(cache, torch.arange(len(free), device=device), index)
                     root = root.index_copy(0, index, fresh_root)
-                    head_logits = head_logits.index_copy(0, index, fresh_heads)
+                    hidden = hidden.index_copy(0, index, fresh_hidden)
                     for r, i in zip(free, new):
-                        rows[r] = i
-                live = [r for r, i in enumerate(rows) if i is not None]
-                if not live:
-                    return
-                keep = live + [r for r, i in enumerate(rows) if i is None][: _bucket(len(live)) - len(live)]
-                if len(keep) < cache.batch_size and not waiting:  # drop finished rows into a smaller cache
+                        rows.rows[r] = i
+                    follower.reset_rows(free)
+                keep = rows.rows_to_keep()
+                if keep is not None:  # drop finished rows into a smaller cache
                     index = torch.tensor(keep, device=device)
                     smaller, graphs = stack.enter_context(model.decode_cache(capacity, len(keep)))
                     cache.copy_rows_to(smaller, index)
-                    cache, root, head_logits = smaller, root[index], head_logits[index]
-                    rows = [rows[r] for r in keep]
-                active = torch.tensor([i is not None for i in rows], device=device)
-            cache.host_length = max(lengths[i] for i in rows if i is not None)
+                    cache, root, hidden = smaller, root[index], hidden[index]
+                    rows.rows = [rows.rows[r] for r in keep]
+                    levels = _levels(model, trees, cache.batch_size, adaptive)
+                    follower = follower.resized(levels, keep)
+                active = torch.tensor(rows.active(), device=device)
+            cache.host_length = rows.longest()

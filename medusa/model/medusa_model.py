@@ -9,6 +9,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from . import checkpoint
+from .adaptive import StepTimes
 from .config import MedusaConfig
 from .generate import medusa_generate
 from .heads import MedusaHeads
@@ -77,6 +78,7 @@ class MedusaModel(nn.Module):
         self._decode_caches: dict[int, MedusaKVCache] = {}
         self._graphs: dict[int, dict[tuple, object]] = {}
         self.tree_policy = None
+        self.step_times = StepTimes()  # measured once per process, for trees that follow acceptance
         self.default_medusa_choices = None  # the tree used when generation names none and there is no policy
 
     # ----------------------------------------------------------------------------- loading / saving

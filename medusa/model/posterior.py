@@ -12,6 +12,10 @@ import torch
 from .sampling import sampling_probs
 from .tree import TreeBuffers
 
+# Typical acceptance's defaults (epsilon and alpha), the paper's.
+POSTERIOR_THRESHOLD = 0.09
+POSTERIOR_ALPHA = 0.3
+
 
 def _accepted_prefix(accept: torch.Tensor) -> torch.Tensor:
     """``[..., paths, depth]`` bool -> long, 1 while every token so far on the path was accepted."""
@@ -37,7 +41,8 @@ def typical_threshold(probs: torch.Tensor, posterior_threshold: float, posterior
 
 
 def evaluate_posterior_typical(logits: torch.Tensor, candidates: torch.Tensor, path_valid: torch.Tensor,
-                               temperature: float, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3,
+                               temperature: float, posterior_threshold: float = POSTERIOR_THRESHOLD,
+                               posterior_alpha: float = POSTERIOR_ALPHA,
                                top_k: int = 0, top_p: float = 1.0):
     """Typical acceptance (lossy by design): accept x if p(x) > min(epsilon, alpha * exp(-H(p))).
 
