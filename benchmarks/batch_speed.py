@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda", help="cuda (bf16) or cpu (fp32, a smoke test)")
     parser.add_argument("--fold-gqa", action="store_true", help="every mode decodes with fold_gqa=True")
     parser.add_argument("--by-category", action="store_true", help="one figure per question category")
+    parser.add_argument("--modes", default="default,fixed", help="Medusa modes besides greedy: default (the library's "
+                        "defaults), fixed (adaptive trees off), adaptive (on)")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
 
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.by_category:
         groups = {c: [q for q in questions if q["category"] == c] for c in dict.fromkeys(q["category"] for q in questions)}
     policy = TreePolicy.load(args.accuracies, args.cost_curve) if args.cost_curve else None
-    modes = {"greedy": {"medusa_choices": "none", "copy_chains": 0}, "default": {}, "fixed": {"adaptive": False}}
+    chosen = {"default": {}, "fixed": {"adaptive": False}, "adaptive": {"adaptive": True}}
+    modes = {"greedy": {"medusa_choices": "none", "copy_chains": 0}} | {m: chosen[m] for m in args.modes.split(",")}
     if args.tree:
         modes["medusa"] = {"medusa_choices": args.tree, "adaptive": False}
     if policy is not None:

@@ -40,6 +40,10 @@ def test_copy_candidates_equal_a_brute_force_ngram_search(seed):
     length[0] = 0  # the root alone: nothing to match
     copies = copy_candidates(text, length, chains, depth)
     assert copies.shape == (batch, chains, depth)
+    # A finished row longer than the live rows' span (waiting to leave the batch) is searched without error.
+    long_row = length.clone()
+    long_row[1] = span + 7
+    torch.testing.assert_close(copy_candidates(text, long_row, chains, depth)[2:], copies[2:])
     for b in range(batch):
         expected = brute_force_copies(text[b, : int(length[b]) + 1].tolist(), chains, depth)
         assert copies[b, : len(expected)].tolist() == expected

@@ -25,13 +25,16 @@ def copy_candidates(text: torch.Tensor, length: torch.Tensor, chains: int, depth
 
     Args:
         text: ``[batch, span]`` token ids; row b's text is its first ``length[b] + 1`` entries (the
-            cached tokens, then the root). span > max(length).
-        length: ``[batch]`` long.
+            cached tokens, then the root).
+        length: ``[batch]`` long (rows at or past ``span`` are searched as if ``span - 1`` long).
 
     Returns:
         ``[batch, chains, depth]`` long.
     """
     batch, span = text.shape
+    # A finished row waiting to leave the batch may be longer than the span of the live ones: its copies
+    # are never used, but its indices must stay inside the text.
+    length = length.clamp_max(span - 1)
     positions = torch.arange(span, device=text.device)
     query = text.gather(1, (length[:, None] - torch.arange(max_ngram, device=text.device)).clamp_min(0))  # [batch, n]
     run = torch.ones_like(text, dtype=torch.bool)  # the k + 1 tokens ending at p match the text's end

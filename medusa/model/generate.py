@@ -203,8 +203,10 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
             decoding); ``medusa_choices="none"`` with chains speculates copied tokens only.
         adaptive: let each step verify the smallest draft that pays (:mod:`medusa.model.adaptive`):
             the whole tree, the copy branches alone, or nothing, from each row's running acceptance
-            and step times measured on this device. Default: on for greedy decoding; off for sampling,
-            so that a seeded generator reproduces its output (the choice depends on measured times).
+            and step times measured on this device. Default: on for greedy decoding on a CPU, where
+            verification is dear; off on GPUs, where a tree costs little more than one token and the
+            fixed tree measured faster (benchmarks/RESULTS.md), and for sampling, so that a seeded
+            generator reproduces its output (the choice depends on measured times).
         fold_gqa: for grouped-query models, attend without copying the cache per layer
             (:mod:`medusa.model.attention`): on an H200, batch-64 greedy steps of the demo shape 38 %
             faster, batch-1 Medusa steps ~2 % slower. Off by default: a tree policy's cost curve is
@@ -239,7 +241,7 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
         raise ValueError("compile_step=True needs greedy or typical sampling (lossless sampling walks the tree on "
                          "the host).")
     if adaptive is None:
-        adaptive = config.sampling == "greedy"
+        adaptive = config.sampling == "greedy" and device.type == "cpu"
     step = _compiled_tree_step(COMPILE_BACKEND) if compile_step else tree_step
     decoder = _decode(model, trees, step, RowScheduler([p.to(device) for p in prompts], batch_size, budget, max_steps,
                                                        _eos_ids(model, eos_token_id)),
