@@ -2,12 +2,15 @@
 
 import contextlib
 import json
+import logging
 import os
 
 import torch
 import transformers
 
-from .data import ConversationDataset, PadCollator, chat_renderer, load_conversations
+from .data import ConversationDataset, DataError, PadCollator, chat_renderer, load_training_conversations
+
+logger = logging.getLogger(__name__)
 
 
 def load_base_model(model_args, training_args) -> transformers.PreTrainedModel:
@@ -41,20 +44,32 @@ def load_tokenizer(model_args):
     return tokenizer
 
 
-def build_datasets(data_args, tokenizer, model_name_or_path: str, max_length: int):
-    """(train dataset, eval dataset or None, collator) from the data arguments."""
+def build_datasets(data_args, tokenizer, model_name_or_path: str, training_args):
+    """(train dataset, eval dataset or None, collator) from the data arguments.
+
+    Refuses a file without any target token (it would train nothing and save untrained heads) and warns,
+    with counts, when conversations or assistant messages were dropped.
+    """
     for path in (data_args.data_path, data_args.eval_data_path):
         if path and not os.path.isfile(path):
             raise SystemExit(f"Data file {path!r} does not exist.")
     render = chat_renderer(tokenizer, model_name_or_path)
-    train = load_conversations(data_args.data_path)[: data_args.max_train_samples]
-    if not train:
-        raise SystemExit(f"{data_args.data_path} holds no conversation with an assistant message.")
-    train_set = ConversationDataset(train, tokenizer, render, max_length)
-    eval_set = None
-    if data_args.eval_data_path:
-        eval_set = ConversationDataset(load_conversations(data_args.eval_data_path), tokenizer, render, max_length)
-    return train_set, eval_set, PadCollator(tokenizer.pad_token_id)
+    datasets = []
+    for path, limit in ((data_args.data_path, data_args.max_train_samples), (data_args.eval_data_path, None)):
+        if path is None:
+            datasets.append(None)
+            continue
+        try:
+            conversations, summary = load_training_conversations(
+                path, tokenizer, render, training_args.model_max_length, limit)
+        except DataError as e:
+            raise SystemExit(str(e)) from None
+        if not conversations:
+            raise SystemExit(f"{summary.describe()} No target token is left: refused.")
+        if summary.problems() and training_args.should_log:
+            logger.warning(summary.describe())
+        datasets.append(ConversationDataset(conversations, tokenizer, render, training_args.model_max_length))
+    return datasets[0], datasets[1], PadCollator(tokenizer.pad_token_id)
 
 
 def gathered(params):
@@ -72,3 +87,4 @@ def write_summary(output_dir: str, summary: dict) -> None:
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "training_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
+
