@@ -1,6 +1,8 @@
-"""Building blocks of both training scripts: base model and tokenizer, datasets, DeepSpeed helpers."""
+"""Building blocks of both training scripts: base model and tokenizer, datasets, DeepSpeed helpers, exit."""
 
 import contextlib
+import gc
+import importlib.util
 import json
 import logging
 import os
@@ -88,3 +90,27 @@ def write_summary(output_dir: str, summary: dict) -> None:
     with open(os.path.join(output_dir, "training_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
 
+
+def run_script(main) -> None:
+    """``main()`` for ``__main__``, then the process group torn down while Python is still fully alive.
+
+    A gloo worker thread drops its reference to a collective's work (and so to that work's tensors) only
+    after the caller has returned from the collective. A rank that leaves ``main`` right then (rank 1
+    after the last evaluation's all-reduce) finalizes the interpreter while the worker still holds it;
+    freeing a tensor that Python let go of takes the GIL, which during finalization (Python < 3.14) ends
+    the thread with a forced unwind through C++ that may not throw: ``terminate called without an active
+    exception``, SIGABRT, after a successful run. Destroying the group joins its worker threads first.
+    The group is freed only with its last reference: the trainer may hold one until collected, and
+    DeepSpeed's ``TorchBackend`` binds ``GroupMember.WORLD`` as a default argument when ``deepspeed.comm``
+    is first imported, for good if a group exists by then (hence the early import, which transformers
+    makes anyway when DeepSpeed is installed). Under ``--deepspeed``, DeepSpeed keeps a group of its own
+    (``deepspeed.utils.groups``) whose threads remain.
+    """
+    if importlib.util.find_spec("deepspeed") is not None:
+        import deepspeed.comm  # noqa: F401
+    try:
+        main()
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gc.collect()
+            torch.distributed.destroy_process_group()

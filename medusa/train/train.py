@@ -27,7 +27,7 @@ if not __package__:  # run as a file (torchrun medusa/train/train.py): import th
 
 from medusa.model import checkpoint  # noqa: E402
 from medusa.train.arguments import parse_arguments, require  # noqa: E402
-from medusa.train.common import build_datasets, load_tokenizer, write_summary  # noqa: E402
+from medusa.train.common import build_datasets, load_tokenizer, run_script, write_summary  # noqa: E402
 from medusa.train.data import IGNORE_INDEX  # noqa: E402
 from medusa.train.losses import distillation_kl  # noqa: E402
 from medusa.train.train_legacy import build_medusa_model, head_summary  # noqa: E402
@@ -235,4 +235,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -19,7 +19,8 @@ if not __package__:  # run as a file (torchrun medusa/train/train_legacy.py): im
 
 from medusa.model import MedusaConfig, MedusaModel  # noqa: E402
 from medusa.train.arguments import parse_arguments  # noqa: E402
-from medusa.train.common import build_datasets, gathered, load_base_model, load_tokenizer, write_summary  # noqa: E402
+from medusa.train.common import (build_datasets, gathered, load_base_model, load_tokenizer, run_script,  # noqa: E402
+                                 write_summary)
 from medusa.train.trainer import MedusaTrainer  # noqa: E402
 
 
@@ -74,4 +75,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     torch.set_float32_matmul_precision("high")
-    main()
+    run_script(main)
