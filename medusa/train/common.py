@@ -106,8 +106,8 @@ def run_script(main) -> None:
     makes anyway when DeepSpeed is installed). Under ``--deepspeed``, DeepSpeed keeps a group of its own
     (``deepspeed.utils.groups``) whose threads remain.
     """
-    if importlib.util.find_spec("deepspeed") is not None:
-        import deepspeed.comm  # noqa: F401
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and importlib.util.find_spec("deepspeed") is not None:
+        import deepspeed.comm  # noqa: F401  (under a launcher only: it logs its accelerator choice)
     try:
         main()
     finally:
