@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medusa.train.data import IGNORE_INDEX, PadCollator, chat_renderer, load_conversations, read_records, tokenize_conversation
+from medusa.train.data import (IGNORE_INDEX, DataError, PadCollator, chat_renderer, load_conversations,
+                               load_training_conversations, read_records, tokenize_conversation)
 from medusa.train.losses import distillation_kl, head_weights, medusa_head_losses
 from tests.tiny import tiny_tokenizer
 
@@ -71,6 +72,56 @@ def test_load_sharegpt_and_generate_output(tmp_path):
     # Without a reply: dropped; an opening bot message: dropped (nothing to condition it on).
     assert load_conversations(str(tmp_path / "s.json")) == expected * 2
     assert load_conversations(str(tmp_path / "g.jsonl")) == expected
+
+
+def chat(*turns) -> list[dict]:
+    """``chat(user, assistant, user, ...)``: alternating messages."""
+    return [{"role": ("user", "assistant")[i % 2], "content": c} for i, c in enumerate(turns)]
+
+
+def write_jsonl(path, conversations) -> str:
+    path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
+    return str(path)
+
+
+def test_conversations_without_a_target_are_skipped_and_counted(tmp_path):
+    tok = tiny_tokenizer()
+    render = chat_renderer(tok)
+    first = chat("Hello!", "I am fine.")
+    limit = len(tokenize_conversation(tok, render, first, 10**6)["input_ids"])  # the first exchange just fits
+    typo = [{"role": "usr", "content": "Hello!"}, {"role": "assistant", "content": "Hi."}]
+    late = chat("Hello! " * 40, "Too late.")  # the reply starts beyond the limit
+    data = [first, typo, chat("No answer."), late, first + chat("And you?", "Cut away.")]
+    kept, summary = load_training_conversations(write_jsonl(tmp_path / "d.jsonl", data), tok, render, limit)
+    assert kept == [first, first + chat("And you?", "Cut away.")]
+    assert (summary.read, summary.kept, summary.with_unknown_roles, summary.without_reply,
+            summary.truncated_conversations, summary.truncated_turns) == (5, 2, 1, 1, 1, 1)
+    assert summary.describe() == (
+        f"{tmp_path / 'd.jsonl'}: 2 of 5 conversations kept; skipped 1 conversation(s) with unknown roles "
+        f"('usr' x1; known: system, user, assistant); skipped 1 conversation(s) without an assistant message; "
+        f"skipped 1 conversation(s) with every assistant message beyond --model_max_length {limit} tokens; "
+        f"1 assistant message(s) of kept conversations lie beyond --model_max_length {limit} tokens and are not "
+        f"trained on.")
+    # Every reply cut away: nothing kept; --max_train_samples reads only the first records.
+    assert load_training_conversations(str(tmp_path / "d.jsonl"), tok, render, 4)[0] == []
+    assert load_training_conversations(str(tmp_path / "d.jsonl"), tok, render, limit, limit=2)[1].read == 2
+
+
+@pytest.mark.parametrize("name, text, error", [
+    ("bad.jsonl", '{"messages": []}\n\n{"messages": [\n', r"bad.jsonl, line 3: not valid JSON \(Expecting value at column 15\)"),
+    ("bad.json", '[\n{"messages": []},\n{"messages": []}\n,,]\n', r"bad.json, line 4: not valid JSON"),  # a broken document
+    ("first.jsonl", '{"messages": [}\n{"messages": []}\n', r"first.jsonl, line 1: not valid JSON"),
+    ("no_content.jsonl", json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant"}]}),
+     r"no_content.jsonl, line 1: message 1 has no 'content' \(has \['role'\]\)"),
+    ("sharegpt.json", json.dumps([{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt"}]}]),
+     r"sharegpt.json, record 0: message 1 has no 'value'"),
+    ("not_text.jsonl", json.dumps({"messages": [{"role": "user", "content": 3}]}), r"message 0's 'content' is not a string"),
+    ("other.jsonl", json.dumps({"prompt": "Hi"}), r"other.jsonl, line 1: none of the keys messages/conversation/conversations"),
+])
+def test_bad_records_name_the_file_and_the_line(tmp_path, name, text, error):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DataError, match=error):
+        load_conversations(str(tmp_path / name))
 
 
 def test_head_k_targets_token_k_plus_2():

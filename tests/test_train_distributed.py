@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,15 @@ from tests.train_helpers import HEADS, distilled, single_thread  # noqa: F401  (
 REPO = Path(__file__).resolve().parents[1]
 
 
-def torchrun(root, base, out, *extra) -> dict:
-    """Train on 2 CPU processes with the documented flags; returns training_summary.json."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+def assert_no_thread_of_the_process_group_left_at_exit(stderr: str) -> None:
+    """Gloo's worker threads alive into interpreter finalization may abort the process (see ``run_script``)."""
+    threads = re.findall(r"threads at exit: (.*)", stderr)
+    assert len(threads) == 2 and not any("gloo" in t or "tcpstore" in t for t in threads), threads
+
+
+def torchrun(root, base, out, *extra) -> tuple[dict, str]:
+    """Train on 2 CPU processes with the documented flags; returns training_summary.json and stderr."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tests.exit_threads",
            str(REPO / "medusa/train/train_legacy.py"), "--model_name_or_path", base,
            "--data_path", str(root / "train.jsonl"), "--eval_data_path", str(root / "eval.jsonl"),
            "--output_dir", str(out), "--num_train_epochs", "1", "--per_device_train_batch_size", "4",
@@ -32,15 +39,16 @@ def torchrun(root, base, out, *extra) -> dict:
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_steps"] == 6  # 96 / (4 x 2 ranks x 2 accumulated)
     assert summary["epochs"] == pytest.approx(1.0)
-    return summary
+    return summary, proc.stderr
 
 
 @pytest.fixture(scope="module")
 def ddp(distilled, tmp_path_factory):  # noqa: F811
     root, base = distilled
     out = tmp_path_factory.mktemp("ddp") / "heads"
-    summary = torchrun(root, base, out)
+    summary, stderr = torchrun(root, base, out)
     assert summary["deepspeed_zero_stage"] is None
+    assert_no_thread_of_the_process_group_left_at_exit(stderr)
     return out
 
 
@@ -55,7 +63,7 @@ def test_ddp_trains_and_saves_loadable_heads(ddp):
 def test_zero2_bf16_with_the_documented_deepspeed_json(distilled, tmp_path):  # noqa: F811
     root, base = distilled
     out = tmp_path / "heads"
-    summary = torchrun(root, base, out, "--bf16", "--deepspeed", str(REPO / "deepspeed.json"))
+    summary, _ = torchrun(root, base, out, "--bf16", "--deepspeed", str(REPO / "deepspeed.json"))
     assert summary["deepspeed_zero_stage"] == 2
     model = MedusaModel.from_pretrained(str(out))
     assert torch.isfinite(model.medusa_head[0][0].linear.weight).all()
@@ -68,7 +76,7 @@ def test_zero3_partitions_gathers_and_matches_ddp(distilled, ddp, tmp_path):  # 
     config["zero_optimization"]["stage"] = 3
     (tmp_path / "zero3.json").write_text(json.dumps(config))
     out = tmp_path / "heads"
-    assert torchrun(root, base, out, "--deepspeed", str(tmp_path / "zero3.json"))["deepspeed_zero_stage"] == 3
+    assert torchrun(root, base, out, "--deepspeed", str(tmp_path / "zero3.json"))[0]["deepspeed_zero_stage"] == 3
     zero3, reference = (load_file(str(d / "medusa_lm_head.safetensors")) for d in (out, ddp))
     assert zero3.keys() == reference.keys()
     for key in reference:  # whole tensors (gathered), same training as DDP
@@ -78,7 +86,7 @@ def test_zero3_partitions_gathers_and_matches_ddp(distilled, ddp, tmp_path):  # 
 def test_medusa2_lora_self_distillation_under_ddp(distilled, tmp_path):  # noqa: F811
     root, base = distilled
     out = tmp_path / "medusa2"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tests.exit_threads",
            str(REPO / "medusa/train/train.py"), "--model_name_or_path", base, "--data_path", str(root / "train.jsonl"),
            "--output_dir", str(out), "--max_steps", "8", "--per_device_train_batch_size", "4",
            "--learning_rate", "3e-3", "--model_max_length", "128", "--medusa_num_heads", str(HEADS),
@@ -89,4 +97,5 @@ def test_medusa2_lora_self_distillation_under_ddp(distilled, tmp_path):  # noqa:
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_steps"] == 8
+    assert_no_thread_of_the_process_group_left_at_exit(proc.stderr)
     assert MedusaModel.from_pretrained(str(out)).config.medusa_num_heads == HEADS

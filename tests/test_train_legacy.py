@@ -1,6 +1,8 @@
 """Medusa-1 training end to end on a tiny model: self-distilled data -> heads that predict and accelerate."""
 
 import json
+import re
+import sys
 
 import pytest
 import torch
@@ -12,7 +14,8 @@ from medusa.train.data import load_conversations
 from medusa.train.arguments import MedusaTrainingArguments, ModelArguments
 from medusa.train.train_legacy import build_medusa_model, main as train
 from tests.fitting import greedy_reference
-from tests.train_helpers import HEADS, distilled, held_out_metrics, single_thread  # noqa: F401  (fixtures)
+from tests.test_train_data import chat, write_jsonl
+from tests.train_helpers import HEADS, distilled, held_out_metrics, save_tiny_base, single_thread  # noqa: F401  (fixtures)
 
 
 def train_args(root, base, out, steps, *extra):
@@ -125,3 +128,70 @@ def test_heads_train_on_a_quantised_frozen_base(distilled, tmp_path, flag, layer
     loss, top1 = held_out_metrics(MedusaModel.from_pretrained(str(tmp_path / "heads")), root)
     fresh_loss, fresh_top1 = held_out_metrics(fresh, root)
     assert (loss < 0.6 * fresh_loss).all() and (top1 > fresh_top1 + 0.1).all(), (loss, fresh_loss, top1, fresh_top1)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    return save_tiny_base(tmp_path_factory.mktemp("tiny") / "base")
+
+
+def quick_args(base, data, out, *extra):
+    return ["--model_name_or_path", base, "--data_path", str(data), "--output_dir", str(out), "--max_steps", "1",
+            "--per_device_train_batch_size", "2", "--medusa_num_heads", "2", "--model_max_length", "48",
+            "--save_strategy", "no", "--disable_tqdm", "true", "--report_to", "none", *extra]
+
+
+def test_data_whose_replies_are_all_cut_off_is_refused_and_nothing_is_saved(tiny_base, tmp_path):
+    data = write_jsonl(tmp_path / "late.jsonl", [chat("Hello! " * 20, "Too late.")] * 3)
+    with pytest.raises(SystemExit, match=r"late.jsonl: 0 of 3 conversations kept; skipped 3 conversation\(s\) with every "
+                                         r"assistant message beyond --model_max_length 48 tokens\. No target token"):
+        train(quick_args(tiny_base, data, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_partly_unusable_data_trains_on_the_rest_with_a_warning_that_counts(tiny_base, tmp_path, caplog):
+    data = write_jsonl(tmp_path / "mixed.jsonl", [chat("Hi", "Hello"), chat("Hi"), chat("Hello! " * 20, "Late."),
+                                                  [{"role": "usr", "content": "Hi"}, {"role": "assistant", "content": "Yo"}],
+                                                  chat("Hi", "Hello " * 10, "More?", "Cut away.")])
+    summary = train(quick_args(tiny_base, data, tmp_path / "out"))
+    assert summary["train_conversations"] == 2
+    assert ("mixed.jsonl: 2 of 5 conversations kept; skipped 1 conversation(s) with unknown roles ('usr' x1; known: "
+            "system, user, assistant); skipped 1 conversation(s) without an assistant message; skipped 1 conversation(s) "
+            "with every assistant message beyond --model_max_length 48 tokens; 1 assistant message(s) of kept "
+            "conversations lie beyond --model_max_length 48 tokens and are not trained on.") in caplog.text
+
+
+def test_bad_data_lines_end_in_one_line_naming_file_and_line(tiny_base, tmp_path):
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"messages": chat("Hi", "Hello")}) + "\n{oops\n")
+    with pytest.raises(SystemExit, match=r"^\S*bad.jsonl, line 2: not valid JSON \(Expecting property name enclosed "
+                                         r"in double quotes at column 2\)\.$"):
+        train(quick_args(tiny_base, tmp_path / "bad.jsonl", tmp_path / "out"))
+
+
+@pytest.mark.parametrize("make, error", [
+    (lambda tmp: ["--output_dir", str(tmp / "a_file")], "--output_dir .*a_file: .*a_file is a file, not a folder."),
+    (lambda tmp: ["--output_dir", str(tmp / "a_file" / "heads")], "--output_dir .*a_file/heads: .*a_file is a file, not a folder."),
+    (lambda tmp: ["--deepspeed", "deepspeed.json"],
+     r"--deepspeed needs deepspeed, which is not installed: pip install 'medusa-llm\[train\]'"),
+])
+def test_bad_options_end_in_a_usage_line_and_one_error_line(tiny_base, tmp_path, monkeypatch, capsys, make, error):
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "d.jsonl").write_text("")
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # as after `pip install medusa-llm` (no [train] extra)
+    with pytest.raises(SystemExit) as exit_info:
+        train(quick_args(tiny_base, tmp_path / "d.jsonl", tmp_path / "out")[:-6] + make(tmp_path))
+    assert exit_info.value.code == 2
+    usage, message = capsys.readouterr().err.splitlines()
+    assert usage.startswith("usage: ") and re.fullmatch(r"\S+: error: " + error, message), message
+
+
+def test_help_starts_with_a_description_and_the_medusa_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: ") and "--model_name_or_path BASE --data_path DATA --output_dir DIR" in text
+    assert "Medusa-1 training: Medusa heads on a fully frozen base model." in text.splitlines()[2]
+    order = [text.index(s) for s in ("--data_path DATA_PATH", "--model_max_length", "--medusa_num_heads",
+                                     "Hugging Face TrainingArguments", "--output_dir OUTPUT_DIR", "--learning_rate")]
+    assert order == sorted(order)

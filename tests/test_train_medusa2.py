@@ -6,7 +6,8 @@ from transformers import AutoModelForCausalLM
 
 from medusa.model import MedusaConfig, MedusaModel
 from medusa.train.train import Medusa2Arguments, heads_coefficient, main as train
-from tests.train_helpers import HEADS, distilled, held_out_metrics, single_thread  # noqa: F401  (fixtures)
+from tests.test_train_data import chat, write_jsonl
+from tests.train_helpers import HEADS, distilled, held_out_metrics, save_tiny_base, single_thread  # noqa: F401  (fixtures)
 
 
 def run(root, base, out, *extra):
@@ -74,3 +75,12 @@ def test_lora_checkpoint_resumes_and_full_fine_tune_saves(distilled, tmp_path): 
     base = AutoModelForCausalLM.from_pretrained(base_path)
     moved = [n for n, p in model.base_model.named_parameters() if not torch.equal(p, base.get_parameter(n))]
     assert "lm_head.weight" in moved and len(moved) > 10  # the whole backbone was trained
+
+
+def test_data_whose_replies_are_all_cut_off_is_refused_and_nothing_is_saved(tmp_path):
+    base = save_tiny_base(tmp_path / "base")
+    data = write_jsonl(tmp_path / "late.jsonl", [chat("Hello! " * 20, "Too late.")] * 2)
+    with pytest.raises(SystemExit, match=r"late.jsonl: 0 of 2 conversations kept; .* No target token"):
+        train(["--model_name_or_path", base, "--data_path", data, "--output_dir", str(tmp_path / "out"),
+               "--model_max_length", "48", "--max_steps", "1"])
+    assert not (tmp_path / "out").exists()

@@ -1,11 +1,22 @@
 """Command-line arguments shared by the Medusa-1 and Medusa-2 training scripts (``HfArgumentParser``)."""
 
+import argparse
+import importlib.util
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import transformers
 
+_TRAINER_FIELDS = {f.name for f in fields(transformers.TrainingArguments)}
 # transformers 5.x folded --warmup_ratio into a fractional --warmup_steps; the documented command keeps the flag.
-_NATIVE_WARMUP_RATIO = "warmup_ratio" in {f.name for f in fields(transformers.TrainingArguments)}
+_NATIVE_WARMUP_RATIO = "warmup_ratio" in _TRAINER_FIELDS
+USAGE = "%(prog)s --model_name_or_path BASE --data_path DATA --output_dir DIR [option ...]"
+
+
+def require(module: str, what: str) -> None:
+    """Refuses ``what`` (an option) when ``module``, part of the ``[train]`` extra, is not installed."""
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"{what} needs {module}, which is not installed: pip install 'medusa-llm[train]'")
 
 
 @dataclass
@@ -42,6 +53,8 @@ class MedusaTrainingArguments(transformers.TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "All head parameters are used."})
 
     def __post_init__(self):
+        if self.deepspeed:
+            require("deepspeed", "--deepspeed")
         if not 0 <= self.medusa_distillation <= 1:
             raise ValueError(f"--medusa_distillation must be in [0, 1], got {self.medusa_distillation}.")
         if self.warmup_ratio and not _NATIVE_WARMUP_RATIO:
@@ -49,3 +62,31 @@ class MedusaTrainingArguments(transformers.TrainingArguments):
                 raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
             self.warmup_steps = self.warmup_ratio
         super().__post_init__()
+        path = Path(self.output_dir).absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():  # found now, not when saving after the whole training
+            raise ValueError(f"--output_dir {self.output_dir}: {existing} is a file, not a folder.")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the option help (as HfArgumentParser's), the description as written."""
+
+
+def parse_arguments(description: str, argv: list[str] | None, *dataclass_types) -> tuple:
+    """``(ModelArguments, DataArguments, MedusaTrainingArguments, *dataclass_types)`` parsed from ``argv``.
+
+    ``--help`` lists the Medusa options first and Hugging Face's TrainingArguments (about a hundred)
+    after them. Invalid values end in a usage line and one error line, not a traceback.
+    """
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, MedusaTrainingArguments, *dataclass_types),
+                                           description=description, usage=USAGE, formatter_class=_HelpFormatter)
+    # HfArgumentParser puts every field in one group, the TrainingArguments ones first: move those to the end.
+    trainer = parser.add_argument_group("Hugging Face TrainingArguments (all apply)")
+    for action in list(parser._optionals._group_actions):
+        if action.dest in _TRAINER_FIELDS:
+            parser._optionals._group_actions.remove(action)
+            trainer._group_actions.append(action)
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as e:  # raised by the dataclasses' checks of the values
+        parser.error(str(e))

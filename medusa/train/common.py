@@ -1,13 +1,18 @@
-"""Building blocks of both training scripts: base model and tokenizer, datasets, DeepSpeed helpers."""
+"""Building blocks of both training scripts: base model and tokenizer, datasets, DeepSpeed helpers, exit."""
 
 import contextlib
+import gc
+import importlib.util
 import json
+import logging
 import os
 
 import torch
 import transformers
 
-from .data import ConversationDataset, PadCollator, chat_renderer, load_conversations
+from .data import ConversationDataset, DataError, PadCollator, chat_renderer, load_training_conversations
+
+logger = logging.getLogger(__name__)
 
 
 def load_base_model(model_args, training_args) -> transformers.PreTrainedModel:
@@ -41,20 +46,32 @@ def load_tokenizer(model_args):
     return tokenizer
 
 
-def build_datasets(data_args, tokenizer, model_name_or_path: str, max_length: int):
-    """(train dataset, eval dataset or None, collator) from the data arguments."""
+def build_datasets(data_args, tokenizer, model_name_or_path: str, training_args):
+    """(train dataset, eval dataset or None, collator) from the data arguments.
+
+    Refuses a file without any target token (it would train nothing and save untrained heads) and warns,
+    with counts, when conversations or assistant messages were dropped.
+    """
     for path in (data_args.data_path, data_args.eval_data_path):
         if path and not os.path.isfile(path):
             raise SystemExit(f"Data file {path!r} does not exist.")
     render = chat_renderer(tokenizer, model_name_or_path)
-    train = load_conversations(data_args.data_path)[: data_args.max_train_samples]
-    if not train:
-        raise SystemExit(f"{data_args.data_path} holds no conversation with an assistant message.")
-    train_set = ConversationDataset(train, tokenizer, render, max_length)
-    eval_set = None
-    if data_args.eval_data_path:
-        eval_set = ConversationDataset(load_conversations(data_args.eval_data_path), tokenizer, render, max_length)
-    return train_set, eval_set, PadCollator(tokenizer.pad_token_id)
+    datasets = []
+    for path, limit in ((data_args.data_path, data_args.max_train_samples), (data_args.eval_data_path, None)):
+        if path is None:
+            datasets.append(None)
+            continue
+        try:
+            conversations, summary = load_training_conversations(
+                path, tokenizer, render, training_args.model_max_length, limit)
+        except DataError as e:
+            raise SystemExit(str(e)) from None
+        if not conversations:
+            raise SystemExit(f"{summary.describe()} No target token is left: refused.")
+        if summary.problems() and training_args.should_log:
+            logger.warning(summary.describe())
+        datasets.append(ConversationDataset(conversations, tokenizer, render, training_args.model_max_length))
+    return datasets[0], datasets[1], PadCollator(tokenizer.pad_token_id)
 
 
 def gathered(params):
@@ -72,3 +89,28 @@ def write_summary(output_dir: str, summary: dict) -> None:
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "training_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
+
+
+def run_script(main) -> None:
+    """``main()`` for ``__main__``, then the process group torn down while Python is still fully alive.
+
+    A gloo worker thread drops its reference to a collective's work (and so to that work's tensors) only
+    after the caller has returned from the collective. A rank that leaves ``main`` right then (rank 1
+    after the last evaluation's all-reduce) finalizes the interpreter while the worker still holds it;
+    freeing a tensor that Python let go of takes the GIL, which during finalization (Python < 3.14) ends
+    the thread with a forced unwind through C++ that may not throw: ``terminate called without an active
+    exception``, SIGABRT, after a successful run. Destroying the group joins its worker threads first.
+    The group is freed only with its last reference: the trainer may hold one until collected, and
+    DeepSpeed's ``TorchBackend`` binds ``GroupMember.WORLD`` as a default argument when ``deepspeed.comm``
+    is first imported, for good if a group exists by then (hence the early import, which transformers
+    makes anyway when DeepSpeed is installed). Under ``--deepspeed``, DeepSpeed keeps a group of its own
+    (``deepspeed.utils.groups``) whose threads remain.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and importlib.util.find_spec("deepspeed") is not None:
+        import deepspeed.comm  # noqa: F401  (under a launcher only: it logs its accelerator choice)
+    try:
+        main()
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gc.collect()
+            torch.distributed.destroy_process_group()

@@ -1,13 +1,14 @@
-"""Medusa-2: heads and backbone trained jointly (DESIGN.md §5).
+"""Medusa-2: Medusa heads and the backbone trained jointly (needs `pip install 'medusa-llm[train]'`).
 
-L = L_LM + λ0 · Σ_k λ_k CE_k, with the backbone trained through LoRA (peft; ``--use_lora false`` for a full
-fine-tune), the heads at ``--medusa_lr_multiplier`` × the learning rate, and a heads warm-up: a first
-stage where only the heads learn (``heads_only``), or λ0 ramped up by a sine schedule (``sine``).
-With ``--medusa_self_distillation`` (for self-distilled data) L_LM is KL(teacher ‖ student), the teacher
+L = L_LM + λ0 · Σ_k λ_k CE_k, with the backbone trained through LoRA (peft; --use_lora false for a full
+fine-tune), the heads at --medusa_lr_multiplier × the learning rate, and a heads warm-up: a first
+stage where only the heads learn (heads_only), or λ0 ramped up by a sine schedule (sine).
+With --medusa_self_distillation (for self-distilled data) L_LM is KL(teacher ‖ student), the teacher
 being the same model with its adapters disabled, averaged over target tokens.
 
-The result in ``--output_dir`` is a full model (merged backbone weights + ``medusa_head.*``) that
-``MedusaModel.from_pretrained`` loads. Trainer checkpoints hold the adapters and the heads.
+The result in --output_dir is a full model (merged backbone weights + medusa_head.*) that
+MedusaModel.from_pretrained loads. Trainer checkpoints hold the adapters and the heads.
+See docs/training.md.
 """
 
 import contextlib
@@ -25,8 +26,8 @@ if not __package__:  # run as a file (torchrun medusa/train/train.py): import th
     sys.path[0] = str(Path(__file__).resolve().parents[2])  # not modules of the script's own folder
 
 from medusa.model import checkpoint  # noqa: E402
-from medusa.train.arguments import DataArguments, MedusaTrainingArguments, ModelArguments  # noqa: E402
-from medusa.train.common import build_datasets, load_tokenizer, write_summary  # noqa: E402
+from medusa.train.arguments import parse_arguments, require  # noqa: E402
+from medusa.train.common import build_datasets, load_tokenizer, run_script, write_summary  # noqa: E402
 from medusa.train.data import IGNORE_INDEX  # noqa: E402
 from medusa.train.losses import distillation_kl  # noqa: E402
 from medusa.train.train_legacy import build_medusa_model, head_summary  # noqa: E402
@@ -50,6 +51,10 @@ class Medusa2Arguments:
     lora_alpha: int = field(default=16)
     lora_dropout: float = field(default=0.05)
     lora_target_modules: str = field(default="all-linear", metadata={"help": "Comma-separated module names."})
+
+    def __post_init__(self):
+        if self.use_lora:
+            require("peft", "--use_lora (the default)")
 
 
 def heads_coefficient(step: int, medusa2: Medusa2Arguments) -> float:
@@ -189,8 +194,7 @@ def add_lora(model, medusa2: Medusa2Arguments):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, MedusaTrainingArguments, Medusa2Arguments))
-    model_args, data_args, training_args, medusa2 = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, training_args, medusa2 = parse_arguments(__doc__, argv, Medusa2Arguments)
     if medusa2.medusa_self_distillation and not medusa2.use_lora:
         raise SystemExit("--medusa_self_distillation needs --use_lora: the teacher is the model without adapters.")
     if model_args.load_in_4bit or model_args.load_in_8bit:
@@ -200,8 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     if medusa2.medusa_heads_warmup == "heads_only" and medusa2.medusa_warmup_steps:
         training_args.ddp_find_unused_parameters = True  # the backbone has no gradient in stage 1
     tokenizer = load_tokenizer(model_args)
-    train_set, eval_set, collator = build_datasets(data_args, tokenizer, model_args.model_name_or_path,
-                                                   training_args.model_max_length)
+    train_set, eval_set, collator = build_datasets(data_args, tokenizer, model_args.model_name_or_path, training_args)
     model = build_medusa_model(model_args, training_args)
     peft_model = None
     if medusa2.use_lora:
@@ -232,4 +235,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -1,9 +1,10 @@
-"""Medusa-1 training: heads on a fully frozen base model (DESIGN.md §5).
+"""Medusa-1 training: Medusa heads on a fully frozen base model.
 
-Run as ``python -m medusa.train.train_legacy``, ``python medusa/train/train_legacy.py`` or under
-``torchrun --nproc_per_node=N medusa/train/train_legacy.py`` (DDP; add ``--deepspeed deepspeed.json`` for
-ZeRO-2/3). See docs/training.md. The final heads go to ``--output_dir`` in the layout
-``MedusaModel.from_pretrained`` reads, next to ``training_summary.json``.
+Run as `python -m medusa.train.train_legacy`, `python medusa/train/train_legacy.py` or under
+`torchrun --nproc_per_node=N medusa/train/train_legacy.py` (DDP; add `--deepspeed deepspeed.json` for
+ZeRO-2/3, which needs `pip install 'medusa-llm[train]'`). Data: data_generation/generate.py output,
+ShareGPT JSON, or a JSON list of message lists. The final heads go to --output_dir in the layout
+MedusaModel.from_pretrained reads, next to training_summary.json. See docs/training.md.
 """
 
 import math
@@ -12,14 +13,14 @@ import time
 from pathlib import Path
 
 import torch
-import transformers
 
 if not __package__:  # run as a file (torchrun medusa/train/train_legacy.py): import this checkout's package,
     sys.path[0] = str(Path(__file__).resolve().parents[2])  # not modules of the script's own folder
 
 from medusa.model import MedusaConfig, MedusaModel  # noqa: E402
-from medusa.train.arguments import DataArguments, MedusaTrainingArguments, ModelArguments  # noqa: E402
-from medusa.train.common import build_datasets, gathered, load_base_model, load_tokenizer, write_summary  # noqa: E402
+from medusa.train.arguments import parse_arguments  # noqa: E402
+from medusa.train.common import (build_datasets, gathered, load_base_model, load_tokenizer, run_script,  # noqa: E402
+                                 write_summary)
 from medusa.train.trainer import MedusaTrainer  # noqa: E402
 
 
@@ -44,11 +45,9 @@ def head_summary(metrics: dict, num_heads: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, MedusaTrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, training_args = parse_arguments(__doc__, argv)
     tokenizer = load_tokenizer(model_args)
-    train_set, eval_set, collator = build_datasets(data_args, tokenizer, model_args.model_name_or_path,
-                                                   training_args.model_max_length)
+    train_set, eval_set, collator = build_datasets(data_args, tokenizer, model_args.model_name_or_path, training_args)
     model = build_medusa_model(model_args, training_args)
     trainer = MedusaTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
                             data_collator=collator)
@@ -76,4 +75,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     torch.set_float32_matmul_precision("high")
-    main()
+    run_script(main)
