@@ -9,24 +9,42 @@ import torch
 from medusa.eval.heads_accuracy import accuracies, head_hits, main, simulate_accept_lengths
 from medusa.eval.tree_builder import build_tree, expected_tokens_per_step
 from medusa.model import presets, validate_medusa_choices
+from medusa.model.candidates import COPY_CHAINS, COPY_DEPTH
 from tests.fitting import fitted_medusa, greedy_reference
-from tests.test_generate import CHAIN, CUSTOM, prompts
+from tests.test_copy_branches import repetitive_prompt
+from tests.test_generate import CHAIN, CUSTOM, fitted, prompts
 from tests.tiny import tiny_model, tiny_tokenizer
+
+
+def simulated_and_real(model, input_ids, tree, chains: int, depth: int) -> tuple[list[int], list[int]]:
+    """Accept lengths of greedy generation (40 tokens) simulated from the heads' hits, and measured."""
+    real = [out["accept_length"] for out in model.medusa_generate(input_ids, max_new_tokens=40, medusa_choices=tree,
+                                                                  eos_token_id=[], copy_chains=chains, copy_depth=depth,
+                                                                  adaptive=False)]
+    sequence = torch.cat([input_ids[0], torch.tensor(greedy_reference(model.base_model, input_ids, 40))])
+    paths = [] if tree == "none" else tree
+    simulated = simulate_accept_lengths(sequence, head_hits(model, sequence), input_ids.shape[1], paths, chains, depth)
+    assert len(simulated) == len(real)
+    assert simulated[:-1] == real[:-1]  # the last step may be cut at the token limit
+    assert simulated[-1] <= real[-1]
+    return simulated, real
 
 
 @pytest.mark.parametrize("tree", [CHAIN, CUSTOM, presets()["mc_sim_7b_63"]])
 def test_simulated_accept_lengths_equal_real_generation(tree):
-    base = tiny_model("llama", seed=10)
-    model = fitted_medusa(base, prompts(100, 4), 4, steps=200)
+    model = fitted("llama", 4)
     for input_ids in prompts(100, 4)[:2] + prompts(8, 2):
-        real = [out["accept_length"] for out in model.medusa_generate(input_ids, max_new_tokens=40, medusa_choices=tree,
-                                                                      eos_token_id=[], copy_chains=0,
-                                                                      adaptive=False)]
-        sequence = torch.cat([input_ids[0], torch.tensor(greedy_reference(base, input_ids, 40))])
-        simulated = simulate_accept_lengths(head_hits(model, sequence), input_ids.shape[1], tree)
-        assert len(simulated) == len(real)
-        assert simulated[:-1] == real[:-1]  # the last step may be cut at the token limit
-        assert simulated[-1] <= real[-1]
+        simulated_and_real(model, input_ids, tree, 0, 0)
+
+
+@pytest.mark.parametrize("tree, chains, depth", [(CHAIN, 2, 10), (CUSTOM, 1, 4), ("none", 2, 6), ("none", 1, 1)])
+def test_simulated_accept_lengths_with_copy_branches_equal_real_generation(tree, chains, depth):
+    model = fitted("llama", 4)
+    longest = 0
+    for input_ids in [repetitive_prompt(1), repetitive_prompt(2)] + prompts(8, 1):
+        _, real = simulated_and_real(model, input_ids, tree, chains, depth)
+        longest = max(longest, *real)
+    assert longest > (0 if tree == "none" else 3)  # longer than any head path: a copy chain was accepted
 
 
 def test_accuracies_count_only_continuation_positions():
@@ -74,12 +92,27 @@ def command_line(tmp_path) -> list[str]:
 
 
 def test_command_line_writes_figures_and_a_loadable_tree(tmp_path):
-    main(command_line(tmp_path) + ["--trees", "mc_sim_7b_63", "[[0], [0, 0]]", "--build-tree", "12",
+    main(command_line(tmp_path) + ["--trees", "mc_sim_7b_63", "[[0], [0, 0]]", "none", "--build-tree", "12",
                                    "--tree-output", str(tmp_path / "tree.json"), "--output", str(tmp_path / "out.json")])
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["questions"] == 3 and len(result["top1"]) == 4 and result["new_tokens"] > 0
-    assert set(result["trees"]) == {"default", "mc_sim_7b_63", "[[0], [0, 0]]", "built_12"}
+    assert (result["copy_chains"], result["copy_depth"]) == (COPY_CHAINS, COPY_DEPTH)
+    assert set(result["trees"]) == {"default", "mc_sim_7b_63", "[[0], [0, 0]]", "none", "built_12"}
     for figures in result["trees"].values():
-        assert 1.0 <= figures["tokens_per_step"] <= 5.0
+        assert 1.0 <= figures["heads_tokens_per_step"] <= figures["tokens_per_step"] <= 1.0 + COPY_DEPTH
+    assert result["trees"]["none"]["nodes"] == 0 and result["trees"]["none"]["heads_tokens_per_step"] == 1.0
     tree = json.loads((tmp_path / "tree.json").read_text())
     assert len(tree) == 12 and validate_medusa_choices(tree, 4) == tree
+
+
+def test_command_line_without_copy_branches_reports_the_heads_alone(tmp_path, capsys):
+    main(command_line(tmp_path) + ["--copy-chains", "0", "--output", str(tmp_path / "out.json")])
+    figures = json.loads((tmp_path / "out.json").read_text())["trees"]["default"]
+    assert figures["tokens_per_step"] == figures["heads_tokens_per_step"]
+    assert "copy chains" not in capsys.readouterr().out
+
+
+def test_command_line_refuses_copy_branches_without_tokens(capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", "unused", "--copy-chains", "2", "--copy-depth", "0"])
+    assert "--copy-chains/--copy-depth: copy_depth must be at least 1" in capsys.readouterr().err

@@ -5,7 +5,9 @@ over prompt + continuation gives every position's hidden state, hence every head
 temperature 0 a Medusa step starting after position t accepts tree node ``path`` exactly when head
 d's rank-``path[d]`` token is the continuation's token at ``t + d + 2`` for every d, so the accept
 lengths of a whole generation follow from these hits alone: trees can be compared without running
-them.
+them. The copy branches (prompt lookup) are simulated too: their tokens depend only on the text so far,
+so a step accepts the longest of the head paths and the copy chains that agree with the continuation,
+as greedy verification does.
 
     python -m medusa.eval.heads_accuracy --model HEADS_DIR --max-new-tokens 256 --output acc.json
     python -m medusa.eval.heads_accuracy --model HEADS_DIR --cost-curve cost.json --tree-output tree.json
@@ -18,7 +20,9 @@ import os
 import torch
 from tqdm import tqdm
 
-from medusa.model import CostCurve, MedusaModel, TreePolicy, generate_medusa_buffers, resolve_medusa_choices
+from medusa.model import CostCurve, MedusaModel, TreePolicy, resolve_medusa_choices
+from medusa.model.candidates import COPY_CHAINS, COPY_DEPTH, copy_candidates
+from medusa.model.generate import check_copy_shape
 from medusa.model.tree_policy import POLICY_FILES
 
 from .answer_cli import main_guard
@@ -83,21 +87,63 @@ def accuracies(all_hits: list[torch.Tensor], prompt_lens: list[int]) -> torch.Te
     return correct / counted.clamp_min(1)[:, None]
 
 
-def simulate_accept_lengths(hits: torch.Tensor, prompt_len: int, tree: list[list[int]]) -> list[int]:
-    """Accept length of every Medusa step of a greedy generation of ``hits.shape[0] - prompt_len`` tokens."""
-    paths = generate_medusa_buffers(tree).key  # node order: node i + 1 is paths[i]
-    depth = torch.tensor([len(p) for p in paths])
-    node_ok = torch.ones(hits.shape[0], len(paths), dtype=torch.bool)
-    for n, path in enumerate(paths):
-        for d, rank in enumerate(path):
-            node_ok[:, n] &= hits[:, d, rank]
-    best = (node_ok * depth).max(1).values.tolist()  # [S]
-    lengths, t, last = [], prompt_len - 1, hits.shape[0] - 1
+def head_accept_lengths(hits: torch.Tensor, tree: list[list[int]]) -> torch.Tensor:
+    """``[S]`` long: entry t is the longest head path of ``tree`` (may be empty) accepted by a step after position t."""
+    best = torch.zeros(hits.shape[0], dtype=torch.long)
+    for path in tree:
+        ok = hits[:, torch.arange(len(path)), torch.tensor(path)].all(1)  # [S]
+        best = torch.maximum(best, ok * len(path))
+    return best
+
+
+def copy_accept_lengths(sequence: torch.Tensor, start: int, chains: int, depth: int) -> torch.Tensor:
+    """``[S]`` long: entry t (``t >= start``; 0 before) is the longest copy chain accepted by a step after position t.
+
+    The step's cached text is ``sequence[: t + 1]`` and its root ``sequence[t + 1]``, so its chains are
+    :func:`copy_candidates` of the first ``t + 2`` tokens; a chain is accepted as far as it agrees with
+    ``sequence[t + 2 :]``.
+    """
+    size = sequence.shape[0]
+    best = torch.zeros(size, dtype=torch.long)
+    steps = torch.arange(start, size - 1)  # every position a step can start after (its root exists)
+    if not chains or not len(steps):
+        return best
+    # Every row holds the whole sequence: copy_candidates reads nothing past a row's root.
+    copies = copy_candidates(sequence.expand(len(steps), size), steps + 1, chains, depth)  # [steps, chains, depth]
+    ahead = torch.cat([sequence, sequence.new_full((depth + 1,), -1)])  # -1 past the end: matches no token
+    target = ahead[steps[:, None] + 2 + torch.arange(depth)]  # [steps, depth]
+    agree = (copies == target[:, None]).long().cumprod(-1).sum(-1)  # [steps, chains] leading tokens that agree
+    best[start : size - 1] = agree.amax(-1)
+    return best
+
+
+def simulate_accept_lengths(sequence: torch.Tensor, hits: torch.Tensor, prompt_len: int, tree: list[list[int]],
+                            copy_chains: int = COPY_CHAINS, copy_depth: int = COPY_DEPTH) -> list[int]:
+    """Accept length of every greedy Medusa step generating ``sequence[prompt_len:]`` (exactly generation's).
+
+    Args:
+        sequence: ``[S]`` prompt + greedy continuation.
+        hits: ``[S, heads, top_k]`` its :func:`head_hits`.
+        tree: head paths (``[]``: none, copy branches only).
+        copy_chains, copy_depth: the copy branches, as ``medusa_generate`` takes them.
+    """
+    start = prompt_len - 1
+    best = torch.maximum(head_accept_lengths(hits, tree),
+                         copy_accept_lengths(sequence, start, copy_chains, copy_depth)).tolist()
+    lengths, t, last = [], start, sequence.shape[0] - 1
     while t < last:
         accept = min(best[t], last - t - 1)
         lengths.append(accept)
         t += accept + 1
     return lengths
+
+
+def tokens_per_step(sequences: list[torch.Tensor], all_hits: list[torch.Tensor], prompt_lens: list[int],
+                    tree: list[list[int]], copy_chains: int, copy_depth: int) -> float:
+    """Simulated tokens per step over all sequences (accepted tokens + the root)."""
+    lengths = [a for sequence, hits, n in zip(sequences, all_hits, prompt_lens)
+               for a in simulate_accept_lengths(sequence, hits, n, tree, copy_chains, copy_depth)]
+    return sum(a + 1 for a in lengths) / len(lengths)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,7 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--trees", nargs="*", default=[],
-                        help="Trees to simulate besides the default one (preset names, JSON, files).")
+                        help="Trees to simulate besides the default one (preset names, JSON, files; none: copy branches "
+                             "only).")
+    parser.add_argument("--copy-chains", type=int, default=COPY_CHAINS,
+                        help="Copy branches (prompt lookup) added to every tree, as medusa_generate's copy_chains "
+                             "(0: heads only).")
+    parser.add_argument("--copy-depth", type=int, default=COPY_DEPTH, help="Tokens per copy branch.")
     parser.add_argument("--build-tree", type=int, metavar="NODES", help="Also grow a tree of NODES nodes from the accuracies.")
     parser.add_argument("--cost-curve", metavar="FILE",
                         help="A measured verify-cost curve (benchmarks/verify_cost.py --out): also grow the tree with the "
@@ -127,6 +178,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.save_policy and not args.cost_curve:
         parser.error("--save-policy needs --cost-curve.")
+    try:
+        check_copy_shape(args.copy_chains, args.copy_depth)
+    except ValueError as e:
+        parser.error(f"--copy-chains/--copy-depth: {e}")
     cost = CostCurve.load(args.cost_curve) if args.cost_curve else None  # a malformed file fails before the model work
 
     dtype = {"auto": torch.bfloat16 if args.device.startswith("cuda") else torch.float32}.get(args.dtype) or getattr(torch, args.dtype)
@@ -139,10 +194,11 @@ def main(argv: list[str] | None = None) -> None:
     prompt_lens = [p.shape[1] for p in prompts]
     acc = accuracies(all_hits, prompt_lens)
     result = {"questions": len(questions), "new_tokens": sum(len(s) - n for s, n in zip(sequences, prompt_lens)),
-              "top1": acc[:, 0].tolist(), "top5": acc[:, :5].sum(1).tolist(), "accuracy": acc.tolist(), "trees": {}}
+              "top1": acc[:, 0].tolist(), "top5": acc[:, :5].sum(1).tolist(), "accuracy": acc.tolist(),
+              "copy_chains": args.copy_chains, "copy_depth": args.copy_depth, "trees": {}}
     num_heads = model.config.medusa_num_heads
     trees = {"default": resolve_medusa_choices(None, num_heads)}
-    trees |= {name: resolve_medusa_choices(name, num_heads) for name in args.trees}
+    trees |= {name: [] if name == "none" else resolve_medusa_choices(name, num_heads) for name in args.trees}
     grown = {}  # name -> tree grown from the accuracies; the last one goes to --tree-output
     if args.build_tree:
         grown[f"built_{args.build_tree}"] = build_tree(acc, args.build_tree)
@@ -165,14 +221,17 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.tree_output, "w") as f:
             json.dump(list(grown.values())[-1], f)
     for name, tree in trees.items():
-        lengths = [a for hits, n in zip(all_hits, prompt_lens) for a in simulate_accept_lengths(hits, n, tree)]
-        result["trees"][name] = {"nodes": len(tree), "tokens_per_step": sum(a + 1 for a in lengths) / len(lengths),
-                                 "expected_tokens_per_step": expected_tokens_per_step(acc, tree)}
+        result["trees"][name] = {
+            "nodes": len(tree),
+            "tokens_per_step": tokens_per_step(sequences, all_hits, prompt_lens, tree, args.copy_chains, args.copy_depth),
+            "heads_tokens_per_step": tokens_per_step(sequences, all_hits, prompt_lens, tree, 0, 0),
+            "expected_tokens_per_step": expected_tokens_per_step(acc, tree)}
     for d in range(acc.shape[0]):
         print(f"head {d}: top-1 {result['top1'][d]:.3f}  top-5 {result['top5'][d]:.3f}")
+    copies = f" + {args.copy_chains} copy chains of {args.copy_depth}" if args.copy_chains else ""
     for name, figures in result["trees"].items():
-        print(f"{name} ({figures['nodes']} nodes): {figures['tokens_per_step']:.3f} tokens/step "
-              f"(independence estimate {figures['expected_tokens_per_step']:.3f})")
+        print(f"{name} ({figures['nodes']} nodes{copies}): {figures['tokens_per_step']:.3f} tokens/step, heads alone "
+              f"{figures['heads_tokens_per_step']:.3f} (independence estimate {figures['expected_tokens_per_step']:.3f})")
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=1)
