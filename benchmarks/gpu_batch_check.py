@@ -9,7 +9,7 @@ the batch (power-of-two batches, one CUDA graph each).
 
 import torch
 
-from benchmarks.step_overhead import random_medusa
+from medusa.eval.random_model import random_medusa
 
 model = random_medusa("135m", 4, torch.float32)
 gen = torch.Generator().manual_seed(0)

@@ -21,7 +21,7 @@
 #   DATA_SHARDS     generating processes sharing the GPU (1)
 #   DATA_TIMEOUT    seconds of data generation, then stop cleanly and keep what is written; a rerun
 #                   with the same DATA_SHARDS resumes
-#   COST_CURVE      a benchmarks/verify_cost.py curve: eval also picks the tree size from it
+#   COST_CURVE      a python -m medusa.eval.verify_cost curve: eval also picks the tree size from it
 set -euo pipefail
 BASE=$1 PROMPTS=$2 WORK=$3 N=${4:-3000}
 shift $(( $# < 4 ? $# : 4 ))

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from benchmarks.verify_cost import main as verify_cost_main
+from medusa.eval.verify_cost import main as verify_cost_main
 from medusa.eval.heads_accuracy import main as heads_accuracy_main
-from medusa.eval.tree_builder import build_tree, expected_tokens_per_step
+from medusa.model.tree_builder import build_tree, expected_tokens_per_step
 from medusa.model import CheckpointError, CostCurve, MedusaModel, TreePolicy
 from tests.fitting import greedy_reference
 from tests.test_generate import batch_prompts, fitted, prompts, run
