@@ -47,10 +47,11 @@ def timed_generate(model, batch, max_new_tokens, **kwargs):
 
 # ----------------------------------------------------------------------------- step overhead
 def _timed_run(model, prompt, tree, new_tokens, cuda_graph, compile_step=False):
-    """(tokens, steps, seconds) of one generation, timed with device synchronisation."""
+    """(tokens, steps, seconds) of one generation, timed with device synchronisation; heads only (no copy
+    branches: with them the "none" tree would speculate and stop being the greedy baseline)."""
     (tokens, steps), seconds = timed(lambda: drain(model.medusa_generate(
         prompt, max_new_tokens=new_tokens, medusa_choices=tree, cuda_graph=cuda_graph, eos_token_id=[],
-        compile_step=compile_step)))
+        compile_step=compile_step, copy_chains=0)))
     return tokens, steps, seconds
 
 
