@@ -41,7 +41,7 @@ PY
   shards=${DATA_SHARDS:-1}
   for ((i = 0; i < shards; i++)); do
     awk -v n="$shards" -v i="$i" 'NR % n == i' "$WORK/prompts.jsonl" > "$WORK/prompts.$i.jsonl"
-    timeout --preserve-status -s INT "${DATA_TIMEOUT:-0}" python3 data_generation/generate.py --model "$BASE" \
+    timeout --preserve-status -s INT "${DATA_TIMEOUT:-0}" python3 -m data_generation.generate --model "$BASE" \
         --input "$WORK/prompts.$i.jsonl" --output "$WORK/distilled.$i.jsonl" --max-new-tokens 512 \
         --batch-size ${DATA_BATCH:-128} --dtype bfloat16 &
   done

@@ -13,24 +13,19 @@ The result in ``--output_dir`` is a full model (merged backbone weights + ``medu
 import contextlib
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import transformers
 
-if not __package__:  # run as a file (torchrun medusa/train/train.py): import this checkout's package,
-    sys.path[0] = str(Path(__file__).resolve().parents[2])  # not modules of the script's own folder
-
-from medusa.model import checkpoint  # noqa: E402
-from medusa.train.arguments import DataArguments, MedusaTrainingArguments, ModelArguments  # noqa: E402
-from medusa.train.common import build_datasets, load_tokenizer, write_summary  # noqa: E402
-from medusa.train.data import IGNORE_INDEX  # noqa: E402
-from medusa.train.losses import distillation_kl  # noqa: E402
-from medusa.train.train_legacy import build_medusa_model, head_summary  # noqa: E402
-from medusa.train.trainer import MedusaTrainer  # noqa: E402
+from medusa.model import checkpoint
+from medusa.train.arguments import DataArguments, MedusaTrainingArguments, ModelArguments
+from medusa.train.common import build_datasets, load_tokenizer, write_summary
+from medusa.train.data import IGNORE_INDEX
+from medusa.train.losses import distillation_kl
+from medusa.train.train_legacy import build_medusa_model, head_summary
+from medusa.train.trainer import MedusaTrainer
 
 ADAPTER_DIR = "adapter"
 

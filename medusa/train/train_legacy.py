@@ -7,20 +7,15 @@ ZeRO-2/3). See docs/training.md. The final heads go to ``--output_dir`` in the l
 """
 
 import math
-import sys
 import time
-from pathlib import Path
 
 import torch
 import transformers
 
-if not __package__:  # run as a file (torchrun medusa/train/train_legacy.py): import this checkout's package,
-    sys.path[0] = str(Path(__file__).resolve().parents[2])  # not modules of the script's own folder
-
-from medusa.model import MedusaConfig, MedusaModel  # noqa: E402
-from medusa.train.arguments import DataArguments, MedusaTrainingArguments, ModelArguments  # noqa: E402
-from medusa.train.common import build_datasets, gathered, load_base_model, load_tokenizer, write_summary  # noqa: E402
-from medusa.train.trainer import MedusaTrainer  # noqa: E402
+from medusa.model import MedusaConfig, MedusaModel
+from medusa.train.arguments import DataArguments, MedusaTrainingArguments, ModelArguments
+from medusa.train.common import build_datasets, gathered, load_base_model, load_tokenizer, write_summary
+from medusa.train.trainer import MedusaTrainer
 
 
 def build_medusa_model(model_args, training_args) -> MedusaModel:
