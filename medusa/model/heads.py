@@ -40,7 +40,6 @@ class MedusaHeads(nn.ModuleList):
         else:
             heads = [nn.Sequential(*layers(), nn.Linear(hidden_size, vocab_size, bias=False)) for _ in range(num_heads)]
         super().__init__(heads)
-        self.num_layers = num_layers
         self.shared_lm_head = shared_lm_head
 
     @torch.no_grad()
