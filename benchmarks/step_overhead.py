@@ -2,7 +2,7 @@
 
 Checks first that the graph-captured loop gives the same tokens as the eager loop and as Hugging Face
 ``generate``; then times one greedy step (root-only tree) and one Medusa step (a 64-token tree) and
-reports the per-step overhead c = medusa_step / greedy_step - 1 (DESIGN.md §6).
+reports the per-step overhead c = medusa_step / greedy_step - 1.
 
     python -m benchmarks.step_overhead --shape 7b --output step_overhead.json
 """

@@ -1,4 +1,4 @@
-"""Self-distillation data: the base model answers the training prompts itself (DESIGN.md §5).
+"""Self-distillation data: the base model answers the training prompts itself.
 
 Input: our JSONL (``{"id", "turns": [...]}`` per line, as in shared/data/prompts/) or ShareGPT JSON
 (``[{"id"?, "conversations": [{"from", "value"}, ...]}]``; only the user turns are kept). Every user turn

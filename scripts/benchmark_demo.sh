@@ -17,7 +17,7 @@ M=(--model "$HEADS" --base-model "$BASE")
 {
   # The cost curve at MT-bench-like cache sizes (prompts of ~300 tokens, 256 new tokens).
   python3 -m medusa.eval.verify_cost "${M[@]}" --batch-sizes 1,4,16,64 --tree-sizes 1,2,4,8,16,32,64 \
-      --prompt-len 300 --new-tokens 256 --iters 30 --out "$OUT/cost.json"
+      --prompt-len 300 --new-tokens 256 --iters 30 --output "$OUT/cost.json"
   python3 -m medusa.eval.heads_accuracy "${M[@]}" --max-new-tokens 256 --batch-size 80 --build-tree 63 \
       --cost-curve "$OUT/cost.json" --tree-output "$OUT/tree.json" --output "$OUT/eval.json"
   python3 -m benchmarks.mt_bench_speed "${M[@]}" --limit 40 --hf-limit 4 --trees "$OUT/tree.json" default --overhead-shape 7b \

@@ -292,7 +292,7 @@ def test_bad_policy_files_are_a_checkpoint_error_naming_the_file(tmp_path, accur
 def test_verify_cost_measures_a_loadable_curve_on_cpu(tmp_path, capsys):
     verify_cost_main(["--shape", "tiny", "--heads", "2", "--device", "cpu", "--batch-sizes", "2,1", "--tree-sizes",
                       "4,2,200", "--prompt-len", "8", "--new-tokens", "8", "--warmup", "1", "--iters", "2",
-                      "--out", str(tmp_path / "cost.json")])
+                      "--output", str(tmp_path / "cost.json")])
     cost = CostCurve.load(tmp_path / "cost.json")
     # Sorted, tree size 1 added (the baseline), 200 dropped: 2 heads of top-10 hold 111 tokens at most.
     assert (cost.batch_sizes, cost.tree_sizes) == ([1, 2], [1, 2, 4])

@@ -12,10 +12,10 @@ cache (in blocks of 256 slots), so the cost also grows with the context: the pro
 generation of ``--new-tokens`` tokens. Writes a :class:`~medusa.model.CostCurve` JSON for
 ``TreePolicy`` / ``heads_accuracy --cost-curve``.
 
-    python -m medusa.eval.verify_cost --shape 7b --out cost_7b.json
-    python -m medusa.eval.verify_cost --model HEADS_DIR --out cost.json
-    python -m medusa.eval.verify_cost --demo --out cost_demo.json
-    python -m medusa.eval.verify_cost --shape tiny --device cpu --batch-sizes 1,2 --tree-sizes 1,4 --iters 3 --out c.json
+    python -m medusa.eval.verify_cost --shape 7b --output cost_7b.json
+    python -m medusa.eval.verify_cost --model HEADS_DIR --output cost.json
+    python -m medusa.eval.verify_cost --demo --output cost_demo.json
+    python -m medusa.eval.verify_cost --shape tiny --device cpu --batch-sizes 1,2 --tree-sizes 1,4 --iters 3 --output c.json
 """
 
 import argparse
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fold-gqa", action="store_true", help="Decode as medusa_generate(fold_gqa=True).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    parser.add_argument("--out", required=True, help="Where to write the CostCurve JSON.")
+    parser.add_argument("--output", required=True, help="Where to write the CostCurve JSON.")
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 0:
         parser.error("--iters must be at least 1 and --warmup at least 0.")
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"verify_cost: {e}")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     curve = CostCurve(args.batch_sizes, tree_sizes, ms, device=gpu, model=name, dtype=str(dtype).removeprefix("torch."))
-    curve.save(args.out)
+    curve.save(args.output)
 
     print(f"ms per decode step ({gpu}, {name}, {curve.dtype}); in brackets: relative to tree size 1")
     print("batch \\ tree " + "".join(f"{t:>16}" for t in tree_sizes))

@@ -1,4 +1,4 @@
-"""Medusa heads (DESIGN.md §2).
+"""Medusa heads (docs/design.md, Heads and checkpoint layouts).
 
 Head k (0-based) maps the base model's last hidden state at position t to logits for the token at
 t+k+2. A head is ``medusa_num_layers`` independent ResBlocks followed, for "own_lm_head" heads, by

@@ -82,7 +82,7 @@ class MedusaModel(nn.Module):
     # ----------------------------------------------------------------------------- loading / saving
     @classmethod
     def from_pretrained(cls, path: str, base_model: str | PreTrainedModel | None = None, **hf_kwargs) -> "MedusaModel":
-        """Load heads from ``path`` in any layout of DESIGN.md §2, on the base model they name.
+        """Load heads from ``path`` in any layout of docs/design.md (Heads and checkpoint layouts), on the base model they name.
 
         Args:
             path: a heads-only directory (ours, FasterDecoding ``medusa_lm_head.pt|.safetensors``,

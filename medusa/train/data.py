@@ -6,7 +6,7 @@ Conversations are lists of ``{"role", "content"}`` messages. They are read from
 - ShareGPT JSON (a list of ``{"conversations": [{"from", "value"}, ...]}``, or the same as JSONL);
 - a JSON list of message lists (the output of the FasterDecoding ``create_data.py``).
 
-Labels follow DESIGN.md §5: only the tokens an assistant message adds are targets (its content and
+Labels: only the tokens an assistant message adds are targets (its content and
 the end-of-turn token, EOS included); the role header and everything else is ``IGNORE_INDEX``.
 """
 

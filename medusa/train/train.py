@@ -1,4 +1,4 @@
-"""Medusa-2: heads and backbone trained jointly (DESIGN.md §5).
+"""Medusa-2: heads and backbone trained jointly.
 
 L = L_LM + λ0 · Σ_k λ_k CE_k, with the backbone trained through LoRA (peft; ``--use_lora false`` for a full
 fine-tune), the heads at ``--medusa_lr_multiplier`` × the learning rate, and a heads warm-up: a first

@@ -1,4 +1,4 @@
-"""Medusa-1 training: heads on a fully frozen base model (DESIGN.md §5).
+"""Medusa-1 training: heads on a fully frozen base model.
 
 Run as ``python -m medusa.train.train_legacy``, ``python medusa/train/train_legacy.py`` or under
 ``torchrun --nproc_per_node=N medusa/train/train_legacy.py`` (DDP; add ``--deepspeed deepspeed.json`` for
