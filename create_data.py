@@ -3,7 +3,7 @@
     python create_data.py --input-filename ShareGPT.json --output-filename distilled.jsonl \
         --url http://localhost:8080 --concurrency 64
 
-A thin front to ``data_generation/generate.py`` (its OpenAI-compatible back end; TGI serves
+A thin front to ``python -m data_generation.generate`` (its OpenAI-compatible back end; TGI serves
 ``/v1/chat/completions``). See that script for the output format, resuming and the other options.
 """
 

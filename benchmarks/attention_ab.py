@@ -13,8 +13,8 @@ import json
 
 import torch
 
-from benchmarks.batch_speed import timed_generate
-from benchmarks.step_overhead import SHAPES, random_medusa
+from benchmarks.common import timed_generate
+from medusa.eval.random_model import SHAPES, random_medusa
 from medusa.model import attention
 
 

@@ -17,34 +17,11 @@ import json
 
 import torch
 
-from benchmarks.timing import timed
+from benchmarks.common import timed_generate
 from medusa.eval.questions import DEFAULT_QUESTIONS, load_questions, render_chat
 from medusa.model import MedusaModel, TreePolicy
 
 ROWS = {1: 16, 4: 16, 16: 32, 64: 64}  # rows decoded per batch size (whole batches)
-
-
-def drain_batch(stream) -> tuple[list[list[int]], int]:
-    """A batch stream's new tokens per prompt, and its number of steps."""
-    outputs, steps = None, 0
-    for rows in stream:
-        outputs = outputs or [[] for _ in rows]
-        steps += 1
-        for output, row in zip(outputs, rows):
-            if row is not None:
-                output += row["new_token_ids"]
-    return outputs, steps
-
-
-def timed_generate(model, batch, max_new_tokens, **kwargs):
-    """(outputs, steps, seconds) of the second of two identical calls.
-
-    The first sizes the pooled cache and captures every graph the second needs (one per tree, batch
-    bucket and cache span), so the timed call captures none, as in a server after its warm-up.
-    """
-    list(model.medusa_generate(batch, max_new_tokens=max_new_tokens, **kwargs))
-    (outputs, steps), seconds = timed(lambda: drain_batch(model.medusa_generate(batch, max_new_tokens=max_new_tokens, **kwargs)))
-    return outputs, steps, seconds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", default="1,4,16,64")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--tree", help="also a 'medusa' mode: this fixed tree with the default copy branches")
-    parser.add_argument("--cost-curve", help="verify-cost curve (benchmarks/verify_cost.py) for the 'policy' mode")
+    parser.add_argument("--cost-curve", help="verify-cost curve (python -m medusa.eval.verify_cost) for the 'policy' mode")
     parser.add_argument("--accuracies", help="heads_accuracy JSON for the 'policy' mode")
     parser.add_argument("--continuous", action="store_true", help="continuous batching with EOS (see above)")
     parser.add_argument("--device", default="cuda", help="cuda (bf16) or cpu (fp32, a smoke test)")

@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from benchmarks.host_memory import load_module_file, peak_added
+from benchmarks.common import load_module_file, peak_added
 from medusa.train import losses
 
 

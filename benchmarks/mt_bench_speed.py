@@ -15,10 +15,10 @@ import json
 
 import torch
 
-from benchmarks.step_overhead import SHAPES, measure
-from benchmarks.timing import timed
+from benchmarks.common import measure_step_overhead, timed
 from medusa.eval.answers import drain
 from medusa.eval.questions import DEFAULT_QUESTIONS, load_questions, render_chat
+from medusa.eval.random_model import SHAPES
 from medusa.model import MedusaModel
 
 
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"peak memory {result['peak_memory_gib']:.2f} GiB")
     if args.overhead_shape != "none":
         del model
-        result["overhead"] = o = measure(args.overhead_shape, device=args.device, compile_step=args.compile_step)
+        result["overhead"] = o = measure_step_overhead(args.overhead_shape, device=args.device, compile_step=args.compile_step)
         kind = "graph" if cuda else "eager"
         print(f"random-weight {args.overhead_shape} Llama, {o['tree']}: greedy step {o[f'greedy_{kind}_ms_per_step']:.3f} ms, "
               f"Medusa step {o[f'medusa_{kind}_ms_per_step']:.3f} ms ({kind}): c = {o['overhead_c']:.3f}")

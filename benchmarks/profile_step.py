@@ -15,8 +15,8 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.step_overhead import SHAPES, random_medusa
 from medusa.eval.questions import DEFAULT_QUESTIONS, load_questions, render_chat
+from medusa.eval.random_model import SHAPES, random_medusa
 from medusa.model import MedusaModel
 
 

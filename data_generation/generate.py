@@ -1,4 +1,4 @@
-"""Self-distillation data: the base model answers the training prompts itself (DESIGN.md §5).
+"""Self-distillation data: the base model answers the training prompts itself.
 
 Input: our JSONL (``{"id", "turns": [...]}`` per line, as in shared/data/prompts/) or ShareGPT JSON
 (``[{"id"?, "conversations": [{"from", "value"}, ...]}]``; only the user turns are kept). Every user turn
@@ -8,8 +8,10 @@ Output: JSONL, one line per finished conversation, ``{"id", "sample", "messages"
 Append-only and resumable: a rerun skips the (id, sample) pairs already written; lines are written whole,
 so an interrupted run loses at most the conversations in flight.
 
-    python data_generation/generate.py --model path/to/model --input prompts.jsonl --output distilled.jsonl
-    python data_generation/generate.py --url http://localhost:8000 --model served-name --concurrency 64 ...
+Run from the repository root (``data_generation`` is not part of the installed package):
+
+    python -m data_generation.generate --model path/to/model --input prompts.jsonl --output distilled.jsonl
+    python -m data_generation.generate --url http://localhost:8000 --model served-name --concurrency 64 ...
 """
 
 import argparse
@@ -20,17 +22,13 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-if not __package__:  # run as a file: import this checkout's data_generation, not the script folder's modules
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from data_generation.backends import LocalBackend, OpenAIBackend  # noqa: E402
-from medusa.jsonl import parse_jsonl  # noqa: E402
-from medusa.train.data import read_records  # noqa: E402
+from data_generation.backends import LocalBackend, OpenAIBackend
+from medusa.jsonl import parse_jsonl
+from medusa.train.data import read_records
 
 USER_SPEAKERS = {"human", "user"}
 

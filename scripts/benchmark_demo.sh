@@ -16,15 +16,15 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 M=(--model "$HEADS" --base-model "$BASE")
 {
   # The cost curve at MT-bench-like cache sizes (prompts of ~300 tokens, 256 new tokens).
-  python3 benchmarks/verify_cost.py "${M[@]}" --batch-sizes 1,4,16,64 --tree-sizes 1,2,4,8,16,32,64 \
-      --prompt-len 300 --new-tokens 256 --iters 30 --out "$OUT/cost.json"
+  python3 -m medusa.eval.verify_cost "${M[@]}" --batch-sizes 1,4,16,64 --tree-sizes 1,2,4,8,16,32,64 \
+      --prompt-len 300 --new-tokens 256 --iters 30 --output "$OUT/cost.json"
   python3 -m medusa.eval.heads_accuracy "${M[@]}" --max-new-tokens 256 --batch-size 80 --build-tree 63 \
       --cost-curve "$OUT/cost.json" --tree-output "$OUT/tree.json" --output "$OUT/eval.json"
-  python3 benchmarks/mt_bench_speed.py "${M[@]}" --limit 40 --hf-limit 4 --trees "$OUT/tree.json" default --overhead-shape 7b \
+  python3 -m benchmarks.mt_bench_speed "${M[@]}" --limit 40 --hf-limit 4 --trees "$OUT/tree.json" default --overhead-shape 7b \
       --output "$OUT/mt_bench.json" | tail -n 10
   for mode in "" --continuous; do
-    python3 benchmarks/batch_speed.py "${M[@]}" --cost-curve "$OUT/cost.json" --accuracies "$OUT/eval.json" \
+    python3 -m benchmarks.batch_speed "${M[@]}" --cost-curve "$OUT/cost.json" --accuracies "$OUT/eval.json" \
         --tree "$OUT/tree.json" $mode --output "$OUT/batch${mode:+_continuous}.json" | tail -n 5
   done
-  python3 benchmarks/profile_step.py "${M[@]}" --tree "$OUT/tree.json" --output "$OUT/profile.txt" | grep "step"
+  python3 -m benchmarks.profile_step "${M[@]}" --tree "$OUT/tree.json" --output "$OUT/profile.txt" | grep "step"
 } 2>&1 | grep -v "it/s\]" | tee "$OUT/log.txt"

@@ -21,7 +21,7 @@
 #   DATA_SHARDS     generating processes sharing the GPU (1)
 #   DATA_TIMEOUT    seconds of data generation, then stop cleanly and keep what is written; a rerun
 #                   with the same DATA_SHARDS resumes
-#   COST_CURVE      a benchmarks/verify_cost.py curve: eval also picks the tree size from it
+#   COST_CURVE      a python -m medusa.eval.verify_cost curve: eval also picks the tree size from it
 set -euo pipefail
 BASE=$1 PROMPTS=$2 WORK=$3 N=${4:-3000}
 shift $(( $# < 4 ? $# : 4 ))
@@ -41,7 +41,7 @@ PY
   shards=${DATA_SHARDS:-1}
   for ((i = 0; i < shards; i++)); do
     awk -v n="$shards" -v i="$i" 'NR % n == i' "$WORK/prompts.jsonl" > "$WORK/prompts.$i.jsonl"
-    timeout --preserve-status -s INT "${DATA_TIMEOUT:-0}" python3 data_generation/generate.py --model "$BASE" \
+    timeout --preserve-status -s INT "${DATA_TIMEOUT:-0}" python3 -m data_generation.generate --model "$BASE" \
         --input "$WORK/prompts.$i.jsonl" --output "$WORK/distilled.$i.jsonl" --max-new-tokens 512 \
         --batch-size ${DATA_BATCH:-128} --dtype bfloat16 &
   done

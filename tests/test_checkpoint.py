@@ -1,4 +1,4 @@
-"""Checkpoint layouts of DESIGN.md §2: round trips and clear errors."""
+"""Checkpoint layouts (docs/design.md, Heads and checkpoint layouts): round trips and clear errors."""
 
 import json
 import os

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medusa.eval.heads_accuracy import accuracies, head_hits, main, simulate_accept_lengths
-from medusa.eval.tree_builder import build_tree, expected_tokens_per_step
+from medusa.model.tree_builder import build_tree, expected_tokens_per_step
 from medusa.model import presets, validate_medusa_choices
 from medusa.model.candidates import COPY_CHAINS, COPY_DEPTH
 from tests.fitting import fitted_medusa, greedy_reference

@@ -1,4 +1,4 @@
-"""Acceptance rules on hand-made distributions (DESIGN.md §4)."""
+"""Acceptance rules on hand-made distributions."""
 
 import math
 

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from benchmarks.verify_cost import main as verify_cost_main
+from medusa.eval.verify_cost import main as verify_cost_main
 from medusa.eval.heads_accuracy import main as heads_accuracy_main
-from medusa.eval.tree_builder import build_tree, expected_tokens_per_step
+from medusa.model.tree_builder import build_tree, expected_tokens_per_step
 from medusa.model import CheckpointError, CostCurve, MedusaModel, TreePolicy
 from tests.fitting import greedy_reference
 from tests.test_generate import batch_prompts, fitted, prompts, run
@@ -295,7 +295,7 @@ def test_bad_policy_files_are_a_checkpoint_error_naming_the_file(tmp_path, accur
 def test_verify_cost_measures_a_loadable_curve_on_cpu(tmp_path, capsys):
     verify_cost_main(["--shape", "tiny", "--heads", "2", "--device", "cpu", "--batch-sizes", "2,1", "--tree-sizes",
                       "4,2,200", "--prompt-len", "8", "--new-tokens", "8", "--warmup", "1", "--iters", "2",
-                      "--out", str(tmp_path / "cost.json")])
+                      "--output", str(tmp_path / "cost.json")])
     cost = CostCurve.load(tmp_path / "cost.json")
     # Sorted, tree size 1 added (the baseline), 200 dropped: 2 heads of top-10 hold 111 tokens at most.
     assert (cost.batch_sizes, cost.tree_sizes) == ([1, 2], [1, 2, 4])

@@ -27,7 +27,7 @@ from medusa.model.tree_policy import POLICY_FILES
 
 from .answer_cli import main_guard
 from .questions import DEFAULT_QUESTIONS, load_questions, render_chat
-from .tree_builder import build_tree, expected_tokens_per_step
+from ..model.tree_builder import build_tree, expected_tokens_per_step
 
 POLICY_BATCH_SIZES = (1, 4, 16, 64)  # reported with --cost-curve
 

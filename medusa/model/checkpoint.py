@@ -1,4 +1,4 @@
-"""Reading and writing Medusa head checkpoints in every layout of DESIGN.md §2.
+"""Reading and writing Medusa head checkpoints in every layout in use (docs/design.md, Heads and checkpoint layouts).
 
 Read: FasterDecoding heads-only (``medusa_lm_head.pt`` or ``.safetensors``), FasterDecoding full model
 (``medusa_head.*`` keys inside the model weights), "version 2" heads, vLLM's layout (``model_type:

@@ -1,4 +1,4 @@
-"""Capture a decode step in a CUDA graph (DESIGN.md §6: an eager forward costs ~18 ms of launch overhead).
+"""Capture a decode step in a CUDA graph: an eager step's time is mostly kernel launches (docs/design.md, CUDA graphs).
 
 The step must have static shapes and no host synchronisation; everything it reads or writes lives in
 buffers that outlive the graph (the KV cache, the tree buffers, the static inputs held here).

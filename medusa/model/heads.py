@@ -1,4 +1,4 @@
-"""Medusa heads (DESIGN.md §2).
+"""Medusa heads (docs/design.md, Heads and checkpoint layouts).
 
 Head k (0-based) maps the base model's last hidden state at position t to logits for the token at
 t+k+2. A head is ``medusa_num_layers`` independent ResBlocks followed, for "own_lm_head" heads, by
@@ -40,7 +40,6 @@ class MedusaHeads(nn.ModuleList):
         else:
             heads = [nn.Sequential(*layers(), nn.Linear(hidden_size, vocab_size, bias=False)) for _ in range(num_heads)]
         super().__init__(heads)
-        self.num_layers = num_layers
         self.shared_lm_head = shared_lm_head
 
     @torch.no_grad()

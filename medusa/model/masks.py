@@ -1,4 +1,4 @@
-"""4D additive attention masks over the static KV cache (DESIGN.md §7).
+"""4D additive attention masks over the static KV cache (docs/design.md, The KV cache).
 
 Stock HF models take a 4D float mask ``(batch, 1, q, kv)`` unchanged: 0 where a query may attend,
 ``finfo(dtype).min`` where it may not. (A bool 4D mask is silently wrong under eager attention.)

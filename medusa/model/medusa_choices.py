@@ -1,4 +1,4 @@
-"""Tree presets (``medusa_choices``) and their validation (DESIGN.md §3).
+"""Tree presets (``medusa_choices``) and their validation (docs/design.md, Trees and the tree policy).
 
 A tree is a list of paths; element j of a path is a top-k rank of head j: ``[0, 1]`` is head 0's
 top-1 followed by head 1's top-2. The presets are the reference's, 63 nodes each.

@@ -84,7 +84,7 @@ class MedusaModel(nn.Module):
     # ----------------------------------------------------------------------------- loading / saving
     @classmethod
     def from_pretrained(cls, path: str, base_model: str | PreTrainedModel | None = None, **hf_kwargs) -> "MedusaModel":
-        """Load heads from ``path`` in any layout of DESIGN.md §2, on the base model they name.
+        """Load heads from ``path`` in any layout of docs/design.md (Heads and checkpoint layouts), on the base model they name.
 
         Args:
             path: a heads-only directory (ours, FasterDecoding ``medusa_lm_head.pt|.safetensors``,
@@ -179,14 +179,8 @@ class MedusaModel(nn.Module):
         return self.medusa_head(hidden, self.lm_head)
 
     def forward(self, input_ids: torch.Tensor, attention_mask=None, past_key_values=None, position_ids=None,
-                output_orig: bool = False, medusa_forward: bool = True):
-        """Head logits ``[heads, batch, seq, V]``; with ``output_orig`` also the base logits ``[batch, seq, V]``.
-
-        ``medusa_forward=False`` runs the plain base model and returns its output.
-        """
-        if not medusa_forward:
-            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   **{self._cache_kwarg: past_key_values})
+                output_orig: bool = False):
+        """Head logits ``[heads, batch, seq, V]``; with ``output_orig`` also the base logits ``[batch, seq, V]``."""
         hidden = self.hidden_states(input_ids, attention_mask, position_ids, past_key_values)
         medusa_logits = self.head_logits(hidden)
         return (medusa_logits, self.lm_logits(hidden)) if output_orig else medusa_logits

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ..eval.tree_builder import build_tree, expected_tokens_per_step, tree_capacity
+from .tree_builder import build_tree, expected_tokens_per_step, tree_capacity
 from .medusa_choices import MAX_TOP_K
 
 # Beside the heads, these two files give the model a tree policy (``model.tree_policy``) on loading.

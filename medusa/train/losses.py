@@ -1,4 +1,4 @@
-"""Medusa training losses (DESIGN.md §5): per-head shifted cross-entropy or distillation, accuracies, λ_k, KL."""
+"""Medusa training losses: per-head shifted cross-entropy or distillation, accuracies, λ_k, KL."""
 
 import torch
 import torch.nn.functional as F

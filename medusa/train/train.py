@@ -14,24 +14,19 @@ See docs/training.md.
 import contextlib
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import transformers
 
-if not __package__:  # run as a file (torchrun medusa/train/train.py): import this checkout's package,
-    sys.path[0] = str(Path(__file__).resolve().parents[2])  # not modules of the script's own folder
-
-from medusa.model import checkpoint  # noqa: E402
-from medusa.train.arguments import parse_arguments, require  # noqa: E402
-from medusa.train.common import build_datasets, load_tokenizer, run_script, write_summary  # noqa: E402
-from medusa.train.data import IGNORE_INDEX  # noqa: E402
-from medusa.train.losses import distillation_kl  # noqa: E402
-from medusa.train.train_legacy import build_medusa_model, head_summary  # noqa: E402
-from medusa.train.trainer import MedusaTrainer  # noqa: E402
+from medusa.model import checkpoint
+from medusa.train.arguments import parse_arguments, require
+from medusa.train.common import build_datasets, load_tokenizer, run_script, write_summary
+from medusa.train.data import IGNORE_INDEX
+from medusa.train.losses import distillation_kl
+from medusa.train.train_legacy import build_medusa_model, head_summary
+from medusa.train.trainer import MedusaTrainer
 
 ADAPTER_DIR = "adapter"
 

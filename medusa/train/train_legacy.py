@@ -2,26 +2,20 @@
 
 Run as `python -m medusa.train.train_legacy`, `python medusa/train/train_legacy.py` or under
 `torchrun --nproc_per_node=N medusa/train/train_legacy.py` (DDP; add `--deepspeed deepspeed.json` for
-ZeRO-2/3, which needs `pip install 'medusa-llm[train]'`). Data: data_generation/generate.py output,
+ZeRO-2/3, which needs `pip install 'medusa-llm[train]'`). Data: `python -m data_generation.generate` output,
 ShareGPT JSON, or a JSON list of message lists. The final heads go to --output_dir in the layout
 MedusaModel.from_pretrained reads, next to training_summary.json. See docs/training.md.
 """
 
 import math
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-if not __package__:  # run as a file (torchrun medusa/train/train_legacy.py): import this checkout's package,
-    sys.path[0] = str(Path(__file__).resolve().parents[2])  # not modules of the script's own folder
-
-from medusa.model import MedusaConfig, MedusaModel  # noqa: E402
-from medusa.train.arguments import parse_arguments  # noqa: E402
-from medusa.train.common import (build_datasets, gathered, load_base_model, load_tokenizer, run_script,  # noqa: E402
-                                 write_summary)
-from medusa.train.trainer import MedusaTrainer  # noqa: E402
+from medusa.model import MedusaConfig, MedusaModel
+from medusa.train.arguments import parse_arguments
+from medusa.train.common import build_datasets, gathered, load_base_model, load_tokenizer, run_script, write_summary
+from medusa.train.trainer import MedusaTrainer
 
 
 def build_medusa_model(model_args, training_args) -> MedusaModel:

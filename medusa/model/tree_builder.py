@@ -1,4 +1,4 @@
-"""Grow a Medusa tree from measured head accuracies (DESIGN.md §3).
+"""Grow a Medusa tree from measured head accuracies (docs/design.md, Trees and the tree policy).
 
 With ``acc[d][r]`` the probability that head d's rank-r token is the right one, a node (path of
 ranks) is accepted with probability ``prod_d acc[d][path[d]]`` (heads taken as independent), and the
