@@ -4,15 +4,20 @@ import pytest
 import torch
 
 from medusa.model import adaptive, generate_medusa_buffers
-from medusa.model.adaptive import AcceptanceFollower, StepTimes, draft_levels
+from medusa.model.adaptive import AcceptanceFollower, StepTimes, accepted_by, covers, draft_levels
 from tests.fitting import greedy_reference
 from tests.test_copy_branches import repetitive_prompt
 from tests.test_generate import CUSTOM, batch_prompts, fitted, prompts, random_heads
 from tests.tiny import tiny_model
 
 NONE = generate_medusa_buffers([])
+HEADS = generate_medusa_buffers(CUSTOM)
 COPY = generate_medusa_buffers([], copy_chains=2, copy_depth=4)
 FULL = generate_medusa_buffers(CUSTOM, copy_chains=2, copy_depth=4)
+
+
+def subtree(paths, chains, depth):
+    return generate_medusa_buffers([] if paths == "none" else paths, copy_chains=chains, copy_depth=depth)
 
 
 def timed(seconds: dict, batch_size: int = 1) -> StepTimes:
@@ -24,21 +29,29 @@ def timed(seconds: dict, batch_size: int = 1) -> StepTimes:
     return times
 
 
-def test_levels_under_a_tree():
-    assert draft_levels(FULL, NONE, COPY) == [NONE, COPY, FULL]
-    assert draft_levels(COPY, NONE, COPY) == [NONE, COPY]
-    heads_only = generate_medusa_buffers(CUSTOM)
-    assert draft_levels(heads_only, NONE, None) == [NONE, heads_only]
-    assert draft_levels(NONE, NONE, None) == [NONE]
+def test_levels_under_a_tree_and_what_each_step_tells_of_them():
+    keys = lambda levels: [tree.key for tree in levels]  # noqa: E731
+    full = generate_medusa_buffers(CUSTOM, copy_chains=2, copy_depth=10)
+    short = subtree(CUSTOM, 2, adaptive.SHORT_COPY)
+    expected = [NONE, HEADS, subtree("none", 2, 4), subtree("none", 2, 10), short, full]
+    assert keys(draft_levels(full, subtree)) == keys(sorted(expected[:-1], key=lambda t: t.num_nodes)) + [full.key]
+    assert keys(draft_levels(COPY, subtree)) == [(), COPY.key]  # 4 deep: the short copy level is the tree itself
+    assert keys(draft_levels(HEADS, subtree)) == [(), HEADS.key] and keys(draft_levels(NONE, subtree)) == [()]
+    # A step of the full tree covers every level; the copy branches alone cover only copy levels no deeper.
+    assert all(covers(full, tree) for tree in expected)
+    assert covers(COPY, subtree("none", 2, 3)) and not covers(COPY, HEADS) and not covers(HEADS, COPY)
+    assert not covers(COPY, subtree("none", 2, 5)) and not covers(COPY, subtree("none", 1, 4))
+    # Head paths 3 deep got 2 tokens, copies 7: a 4-deep copy level would have got 4.
+    assert [accepted_by(t, 2, 7) for t in (NONE, HEADS, short, full)] == [0, 2, 4, 7]
 
 
 def test_step_times_drop_the_first_step_and_then_stay_fixed():
     times = StepTimes()
-    for s in (9.0, 1.0, 3.0):
+    for s in (9.0, 1.0):
         times.record(1, FULL, s)
     assert times.seconds(1, FULL) is None  # not yet TIMED_STEPS timed steps
-    times.record(1, FULL, 2.0)
-    assert times.seconds(1, FULL) == 2.0  # median of 1, 3, 2; the first (capture) step dropped
+    times.record(1, FULL, 3.0)
+    assert times.seconds(1, FULL) == 2.0  # median of 1 and 3; the first (capture) step dropped
     times.record(1, FULL, 100.0)
     assert times.seconds(1, FULL) == 2.0 and times.seconds(2, FULL) is None
 
@@ -51,32 +64,49 @@ def test_unmeasured_levels_are_run_first_largest_first():
         level = follower.choose(1, [0])
         order.append(level)
         times.record(1, follower.levels[level], 1.0)
-    assert order == [2] * 4 + [1] * 4 + [0] * 4
+    n = adaptive.TIMED_STEPS + 1
+    assert order == [2] * n + [1] * n + [0] * n
 
 
 def test_the_level_with_most_tokens_per_second_wins_and_the_full_tree_is_probed_ever_less_often():
     follower = AcceptanceFollower([NONE, COPY, FULL], timed({NONE: 1.0, COPY: 1.2, FULL: 2.0}), 2)
-    for _ in range(10):  # nothing of the heads is accepted, copies give 2 tokens a step on both rows
-        follower.update(2, [0, 1], accepted=[0, 0], copy_accepted=[1, 1])
-    assert follower.choose(1, [0, 1]) == 1  # copies: 2 / 1.2 beats 1 / 1.0 and ~1 / 2.0
+    for _ in range(30):  # nothing of the heads is accepted, copies give 2 tokens a step on both rows
+        follower.update(2, [0, 1], head_length=[0, 0], copy_length=[1, 1])
+    assert follower.choose(1, [0, 1]) == 1  # copies: 2 / 1.2 beats 1 / 1.0 and 2 / 2.0
     choices = [follower.choose(1, [0, 1]) for _ in range(200)]
     probes = [i for i, level in enumerate(choices) if level == 2]
     gaps = [b - a for a, b in zip(probes, probes[1:])]
     assert gaps[:4] == [16, 32, 64, 64] and set(choices) == {1, 2}
-    for _ in range(10):  # the heads start to be accepted: 4 tokens a step
-        follower.update(2, [0, 1], accepted=[3, 3], copy_accepted=[1, 1])
+    for _ in range(30):  # the heads start to be accepted: 4 tokens a step
+        follower.update(2, [0, 1], head_length=[3, 3], copy_length=[1, 1])
     assert follower.choose(1, [0, 1]) == 2 and follower.probe_every == adaptive.FIRST_PROBE
+
+
+def test_a_small_level_must_beat_the_full_tree_by_the_margin():
+    follower = AcceptanceFollower([NONE, FULL], timed({NONE: 1.0, FULL: 1.0}), 1)
+    follower.tokens = [[1.0], [1.0 / adaptive.MARGIN + 1e-6]]  # the full tree slightly slower, within the margin
+    assert follower.choose(1, [0]) == 1
+    follower.tokens[1][0] = 1.0 / adaptive.MARGIN - 1e-3
+    assert follower.choose(1, [0]) == 0
+
+
+def test_a_smaller_step_updates_only_the_levels_it_covers():
+    follower = AcceptanceFollower([NONE, HEADS, COPY, FULL], timed({}), 1)
+    follower.update(2, [0], head_length=[0], copy_length=[4])  # a copy-only step: heads unknown
+    assert follower.tokens[1][0] == adaptive.PRIOR_TOKENS and follower.tokens[3][0] == adaptive.PRIOR_TOKENS
+    assert follower.tokens[2][0] == pytest.approx(2.0 + adaptive.SMOOTHING * (5 - 2.0))
 
 
 def test_live_rows_decide_and_new_rows_start_from_the_prior():
     follower = AcceptanceFollower([NONE, FULL], timed({NONE: 1.0, FULL: 1.5}), 2)
-    for _ in range(20):
-        follower.update(1, [0, 1], accepted=[0, 4], copy_accepted=[0, 0])
+    for _ in range(40):
+        follower.update(1, [0, 1], head_length=[0, 4], copy_length=[0, 0])
     assert follower.choose(1, [0]) == 0 and follower.choose(1, [1]) == 1
     follower.reset_rows([1])
     assert follower.tokens[1][1] == adaptive.PRIOR_TOKENS
-    smaller = follower.resized([NONE, FULL], [1])
-    assert smaller.tokens[1] == [adaptive.PRIOR_TOKENS] and smaller.times is follower.times
+    smaller = follower.resized([NONE, HEADS, FULL], [1, 0])
+    assert smaller.tokens[2] == [adaptive.PRIOR_TOKENS, follower.tokens[1][0]]  # the full tree's, rows reordered
+    assert smaller.tokens[1] == [adaptive.PRIOR_TOKENS] * 2 and smaller.times is follower.times
 
 
 def run(model, input_ids, **kwargs):
@@ -87,38 +117,48 @@ def run(model, input_ids, **kwargs):
     return tokens, accepted
 
 
-def recording_choices(monkeypatch) -> list[int]:
+def recording_choices(monkeypatch) -> list[tuple]:
+    """The key of the tree each step chooses."""
     chosen = []
     choose = AcceptanceFollower.choose
-    monkeypatch.setattr(AcceptanceFollower, "choose", lambda self, *a: chosen.append(choose(self, *a)) or chosen[-1])
+
+    def recorded(self, *args):
+        level = choose(self, *args)
+        chosen.append(self.levels[level].key)
+        return level
+
+    monkeypatch.setattr(AcceptanceFollower, "choose", recorded)
     return chosen
+
+
+def level_times(model, heads, copy, full) -> StepTimes:
+    """Step times of the levels under CUSTOM with 2 copy chains of 4: plain steps take 1."""
+    return timed({model.tree_buffers("none"): 1.0, model.tree_buffers(CUSTOM): heads,
+                  model.tree_buffers("none", 2, 4): copy, model.tree_buffers(CUSTOM, 2, 4): full})
 
 
 def test_a_row_whose_drafts_are_not_accepted_falls_back_to_no_tree_and_stays_greedy(monkeypatch):
     base = tiny_model("llama", seed=5)
     model = random_heads(base, 3, "shared_lm_head", seed=3)
-    model.tree_buffers(CUSTOM, 2, 4)  # buffers of the levels, to time them as on a CPU: verification is dear
-    model.step_times = timed({model.tree_buffers("none"): 1.0, model.tree_buffers("none", 2, 4): 2.0,
-                              model.tree_buffers(CUSTOM, 2, 4): 3.0})
+    model.step_times = level_times(model, 2.0, 2.0, 3.0)  # as on a CPU: verification is dear
     chosen = recording_choices(monkeypatch)
     input_ids = torch.arange(3, 40)[None]  # distinct tokens: nothing to copy at first
     tokens, accepted = run(model, input_ids, max_new_tokens=60, medusa_choices=CUSTOM, copy_chains=2, copy_depth=4,
                            adaptive=True)
     assert tokens == greedy_reference(base, input_ids, 60)
-    assert chosen.count(0) > len(chosen) / 2  # mostly plain steps
-    assert all(a == 0 for a, level in zip(accepted, chosen) if level == 0)
+    assert chosen.count(()) > len(chosen) / 2  # mostly plain steps
+    assert all(a == 0 for a, key in zip(accepted, chosen) if key == ())
 
 
 def test_accepted_drafts_keep_the_full_tree_and_stay_greedy(monkeypatch):
     model = fitted("llama", 4)
-    model.step_times = timed({model.tree_buffers("none"): 1.0, model.tree_buffers("none", 2, 4): 1.1,
-                              model.tree_buffers(CUSTOM, 2, 4): 1.2})
+    model.step_times = level_times(model, 1.1, 1.1, 1.2)
     chosen = recording_choices(monkeypatch)
     for input_ids in prompts(100, 4)[:2]:  # the heads were fitted on these
         tokens, accepted = run(model, input_ids, max_new_tokens=40, medusa_choices=CUSTOM, copy_chains=2, copy_depth=4,
                                adaptive=True)
         assert tokens == greedy_reference(model.base_model, input_ids, 40)
-    assert chosen.count(2) > 0.8 * len(chosen)
+    assert chosen.count(model.tree_buffers(CUSTOM, 2, 4).key) > 0.8 * len(chosen)
 
 
 @pytest.mark.parametrize("batch_size", [None, 2])

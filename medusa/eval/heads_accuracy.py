@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--copy-depth", type=int, default=COPY_DEPTH, help="Tokens per copy branch.")
     parser.add_argument("--build-tree", type=int, metavar="NODES", help="Also grow a tree of NODES nodes from the accuracies.")
     parser.add_argument("--cost-curve", metavar="FILE",
-                        help="A measured verify-cost curve (benchmarks/verify_cost.py --out): also grow the tree with the "
+                        help="A measured verify-cost curve (python -m medusa.eval.verify_cost --output): also grow the tree with the "
                              "best expected speedup at batch size 1 and report the choice at batch sizes "
                              f"{', '.join(map(str, POLICY_BATCH_SIZES))}.")
     parser.add_argument("--tree-output", help="Where to write the grown tree (JSON list of paths; with --cost-curve, "

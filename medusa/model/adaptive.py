@@ -1,15 +1,17 @@
 """Trees that follow acceptance: each step verifies the draft level with the most expected tokens per second.
 
-Levels, smallest first: no speculation (plain decoding), the copy branches alone, and the full tree
-(heads and copy branches). Each row keeps a running estimate of the tokens a step of each level would
-give it; a full step measures both speculating levels at once (its copy branches' own accept length is
-reported beside the step's). Each level's step time is measured on the device in use, per batch size,
-over its first few steps in the process, then kept fixed, so that decisions depend only on what the
-drafts achieve. A batch shares one tree per step: the level with the best mean over the live rows of
-(tokens per step) / (seconds per step) wins, the full tree keeping its place unless a smaller level
-promises :data:`MARGIN` more. While a smaller level wins, the full tree is tried again now
-and then (after 8 steps, doubling up to 64 while it keeps losing), so a row whose drafts start being
-accepted again gets them back, and a row whose drafts are not accepted stops paying for verification.
+The levels lie under the tree a generation would verify (the full tree): no speculation (plain
+decoding), the head paths alone, the copy branches alone (full length, and cut to
+:data:`SHORT_COPY` tokens), and heads with copy branches. A step reports how far its head paths and
+its copy branches each got, which tells exactly what every level under it would have accepted (a
+level whose heads and copy depth it covers). Each row keeps a running estimate of the tokens a step
+of each level gives it. Each level's step time is measured on the device in use, per batch size, over
+its first few steps in the process, then kept fixed, so that decisions depend only on what the drafts
+achieve. A batch shares one tree per step: the level with the best mean over the live rows of (tokens
+per step) / (seconds per step) wins, the full tree keeping its place unless a smaller level promises
+:data:`MARGIN` more. While a smaller level wins, the full tree is tried again now and then (after 8
+steps, doubling up to 64 while it keeps losing), so a row whose drafts start being accepted again
+gets them back, and a row whose drafts are not accepted stops paying for verification.
 """
 
 import statistics
@@ -24,7 +26,8 @@ PRIOR_TOKENS = 2.0
 # Measured on an H200 at batch size 1, where the full tree costs ~1.3 plain steps, following every
 # estimate without a margin ran at 2.02x the greedy loop on MT-bench against 2.39x for the fixed tree.
 MARGIN = 1.15
-TIMED_STEPS = 3  # step times measured per level and batch size, after one untimed step (graph capture)
+SHORT_COPY = 4  # the shorter copy branches tried (where each verified token costs, as on a CPU)
+TIMED_STEPS = 2  # step times measured per level and batch size, after one untimed step (graph capture)
 FIRST_PROBE, LAST_PROBE = 8, 64
 
 
@@ -44,18 +47,36 @@ class StepTimes:
         return statistics.median(samples[1:]) if len(samples) > TIMED_STEPS else None
 
 
+def head_paths(tree: TreeBuffers) -> tuple:
+    """The tree's head paths (its key without the copy branches' entry)."""
+    return tuple(p for p in tree.key if p[0] != "copy")
+
+
+def covers(outer: TreeBuffers, inner: TreeBuffers) -> bool:
+    """Whether a step of ``outer`` tells what ``inner`` would have accepted: the same head paths or none, and
+    the same copy chains at most as deep, or none."""
+    return ((not inner.head_depth or head_paths(inner) == head_paths(outer))
+            and (not inner.copy_chains or (inner.copy_chains == outer.copy_chains
+                                           and inner.copy_depth <= outer.copy_depth)))
+
+
+def accepted_by(tree: TreeBuffers, head_length: int, copy_length: int) -> int:
+    """What ``tree`` accepts of a step whose head paths got ``head_length`` and copy branches ``copy_length``."""
+    return max(head_length if tree.head_depth else 0, min(copy_length, tree.copy_depth))
+
+
 class AcceptanceFollower:
     """Chooses each step's level for a batch from per-row running estimates and measured step times.
 
     Args:
-        levels: the trees, smallest first; ``levels[0]`` is the root-only tree.
+        levels: the trees, smallest first, the full tree last (it covers every other).
         times: the process's step times (kept on the model, shared by generations).
         batch_size: rows in the cache.
     """
 
     def __init__(self, levels: list[TreeBuffers], times: StepTimes, batch_size: int):
         self.levels, self.times = levels, times
-        self.tokens = [[PRIOR_TOKENS] * batch_size for _ in levels]  # [level][row] expected tokens per step
+        self.tokens = [[PRIOR_TOKENS if tree.num_nodes > 1 else 1.0] * batch_size for tree in levels]
         self.probe_every, self.since_probe = FIRST_PROBE, 0
 
     def choose(self, batch_size: int, live: list[int]) -> int:
@@ -63,12 +84,10 @@ class AcceptanceFollower:
         seconds = [self.times.seconds(batch_size, tree) for tree in self.levels]
         if None in seconds:  # measure every level's step time first, largest first
             return max(i for i, s in enumerate(seconds) if s is None)
-        speeds = [self._expected(level, live) / s for level, s in enumerate(seconds)]
+        speeds = [sum(self.tokens[level][r] for r in live) / len(live) / s for level, s in enumerate(seconds)]
         full = len(self.levels) - 1
         best = max(range(full), key=speeds.__getitem__)
         if speeds[full] * MARGIN >= speeds[best]:
-            best = full
-        if best == full:
             self.probe_every, self.since_probe = FIRST_PROBE, 0
             return full
         self.since_probe += 1
@@ -77,42 +96,41 @@ class AcceptanceFollower:
             return full
         return best
 
-    def _expected(self, level: int, live: list[int]) -> float:
-        if level == 0:
-            return 1.0
-        return sum(self.tokens[level][r] for r in live) / len(live)
-
-    def update(self, level: int, live: list[int], accepted: list[int], copy_accepted: list[int]) -> None:
-        """Book a step of ``level``: each live row's accept length and its copy branches' own."""
-        copy_level = 1 if len(self.levels) == 3 else None  # with heads and copies, level 1 is the copies alone
-        for r in live:
-            if level > 0:
-                self._smooth(level, r, 1 + accepted[r])
-            if level == len(self.levels) - 1 and copy_level is not None:
-                self._smooth(copy_level, r, 1 + copy_accepted[r])
-
-    def _smooth(self, level: int, row: int, tokens: int) -> None:
-        self.tokens[level][row] += SMOOTHING * (tokens - self.tokens[level][row])
+    def update(self, level: int, live: list[int], head_length: list[int], copy_length: list[int]) -> None:
+        """Book a step of ``level``: how far each live row's head paths and copy branches got."""
+        ran = self.levels[level]
+        for other, tree in enumerate(self.levels):
+            if tree.num_nodes > 1 and covers(ran, tree):
+                for r in live:
+                    observed = 1 + accepted_by(tree, head_length[r], copy_length[r])
+                    self.tokens[other][r] += SMOOTHING * (observed - self.tokens[other][r])
 
     def reset_rows(self, rows: list[int]) -> None:
         """Rows that start a new prompt: back to the prior."""
-        for estimates in self.tokens:
+        for tree, estimates in zip(self.levels, self.tokens):
             for r in rows:
-                estimates[r] = PRIOR_TOKENS
+                estimates[r] = PRIOR_TOKENS if tree.num_nodes > 1 else 1.0
 
     def resized(self, levels: list[TreeBuffers], rows: list[int]) -> "AcceptanceFollower":
-        """The follower of a smaller batch of ``rows`` (old indices, new order) with its own ``levels``: each row
-        keeps its estimates where the levels correspond (same count), else starts from the prior."""
+        """The follower of a smaller batch of ``rows`` (old indices, new order) with its own ``levels``: a row
+        keeps its estimate of each level it had, and starts from the prior for new ones."""
         follower = AcceptanceFollower(levels, self.times, len(rows))
-        if len(levels) == len(self.levels):
-            follower.tokens = [[estimates[r] for r in rows] for estimates in self.tokens]
+        known = {tree.key: estimates for tree, estimates in zip(self.levels, self.tokens)}
+        follower.tokens = [[known[tree.key][r] for r in rows] if tree.key in known else estimates
+                           for tree, estimates in zip(levels, follower.tokens)]
         return follower
 
 
-def draft_levels(full: TreeBuffers, root_only: TreeBuffers, copy_only: TreeBuffers | None) -> list[TreeBuffers]:
-    """The levels under ``full``: root-only, then the copy branches alone when ``full`` has both kinds."""
+def draft_levels(full: TreeBuffers, subtree) -> list[TreeBuffers]:
+    """The levels under ``full``, smallest first. ``subtree(head_paths, copy_chains, copy_depth)`` builds a level's
+    buffers (head paths ``"none"`` for none); ``full`` itself comes last."""
     if full.num_nodes == 1:
         return [full]
-    if copy_only is not None and full.head_depth and full.copy_chains:
-        return [root_only, copy_only, full]
-    return [root_only, full]
+    heads = [list(p) for p in head_paths(full)] if full.head_depth else "none"
+    depths = sorted({min(SHORT_COPY, full.copy_depth), full.copy_depth}) if full.copy_chains else []
+    levels = [subtree("none", 0, 0)] + ([subtree(heads, 0, 0)] if full.head_depth else [])
+    for depth in depths:
+        levels += [subtree("none", full.copy_chains, depth)] + ([subtree(heads, full.copy_chains, depth)]
+                                                                if full.head_depth else [])
+    unique = {tree.key: tree for tree in levels if tree.key != full.key}
+    return sorted(unique.values(), key=lambda tree: tree.num_nodes) + [full]

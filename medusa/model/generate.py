@@ -1,4 +1,4 @@
-"""The Medusa decode loop: prefill, then tree steps until EOS or the token limit (DESIGN.md §1)."""
+"""The Medusa decode loop: prefill, then tree steps until EOS or the token limit (docs/design.md, "The decode step")."""
 
 from collections.abc import Iterator
 import time
@@ -57,9 +57,9 @@ def tree_step(model, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Ten
 
     Returns:
         tokens ``[batch, depth + 1]`` (each row's chosen path; its first ``accept_length + 1`` are
-        new), accept_length ``[batch]``, copy_length ``[batch]`` (what the copy branches alone
-        accepted; 0 without them), the next roots ``[batch]`` and the hidden states ``[batch, d]`` at
-        each row's last accepted token.
+        new), accept_length ``[batch]``, head_length and copy_length ``[batch]`` (what the head paths
+        and the copy branches each accepted; 0 for a kind the tree lacks), the next roots ``[batch]``
+        and the hidden states ``[batch, d]`` at each row's last accepted token.
     """
     head_logits = model.head_logits(hidden).transpose(0, 1) if buffers.head_depth else None  # [batch, heads, V]
     copies = None
@@ -69,36 +69,43 @@ def tree_step(model, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Ten
     hidden = _forward(model, tree_candidates, buffers.attn_mask, cache.length[:, None] + buffers.position_ids, cache,
                       config.fold_gqa)
     logits = model.lm_logits(hidden)  # [batch, T, V]
-    chains = slice(candidates.shape[1] - buffers.copy_chains, None)  # the copy branches' rows of the paths
-    copy_length = torch.zeros_like(root)
+    both = buffers.head_depth > 0 and buffers.copy_chains > 0
     if config.sampling == "lossless":
         rows = [evaluate_posterior_lossless(logits[b], tree_candidates[b], buffers, config.temperature, config.top_k,
                                             config.top_p, config.generator) for b in range(logits.shape[0])]
         path, accept_length, next_root = (torch.stack(column) for column in zip(*rows))
-        if buffers.copy_chains:  # a path whose first node is a chain's (head nodes come first: a lower bound)
-            copy_length = torch.where(path[:, 1] > buffers.num_nodes - 1 - buffers.copy_chains * buffers.copy_depth,
-                                      accept_length, 0)
+        # The kind of the path's first node (head nodes come first; a token both propose counts as a head's).
+        copied = path[:, 1] > buffers.num_nodes - 1 - buffers.copy_chains * buffers.copy_depth
     else:
         if config.sampling == "greedy":
             predictions = logits.argmax(-1)[:, buffers.retrieve_indices]  # [batch, leaves, depth + 1]
             best, accept_length = evaluate_posterior_greedy(predictions, candidates, buffers.path_valid)
             next_root = _per_row(_per_row(predictions, best), accept_length)
-            if buffers.copy_chains:
-                copy_length = evaluate_posterior_greedy(predictions[:, chains], candidates[:, chains],
-                                                        buffers.path_valid[chains])[1]
+            evaluate = lambda rows: evaluate_posterior_greedy(  # noqa: E731
+                predictions[:, rows], candidates[:, rows], buffers.path_valid[rows])[1]
         else:
             path_logits = logits[:, buffers.retrieve_indices]
             typical = (config.temperature, config.posterior_threshold, config.posterior_alpha, config.top_k, config.top_p)
             best, accept_length = evaluate_posterior_typical(path_logits, candidates, buffers.path_valid, *typical)
             next_root = choose_root(_per_row(_per_row(path_logits, best), accept_length), config.temperature,
                                     config.top_k, config.top_p, config.generator)
-            if buffers.copy_chains:
-                copy_length = evaluate_posterior_typical(path_logits[:, chains], candidates[:, chains],
-                                                         buffers.path_valid[chains], *typical)[1]
+            evaluate = lambda rows: evaluate_posterior_typical(  # noqa: E731
+                path_logits[:, rows], candidates[:, rows], buffers.path_valid[rows], *typical)[1]
         path = buffers.retrieve_indices[best]  # [batch, depth + 1]
+    # How far the head paths and the copy branches each got (the path rows: head leaves, then the chains)
+    # tells trees that follow acceptance what a smaller tree would have accepted (medusa.model.adaptive).
+    none = torch.zeros_like(accept_length)
+    if both and config.sampling == "lossless":
+        head_length, copy_length = torch.where(copied, none, accept_length), torch.where(copied, accept_length, none)
+    elif both:
+        first_chain = buffers.retrieve_indices.shape[0] - buffers.copy_chains
+        head_length, copy_length = evaluate(slice(0, first_chain)), evaluate(slice(first_chain, None))
+    else:  # one kind of draft (or none): it got what the step accepted
+        head_length = accept_length if buffers.head_depth else none
+        copy_length = accept_length if buffers.copy_chains else none
     tokens = tree_candidates.gather(1, path)
     cache.accept(path, (accept_length + 1) * active, tokens)
-    return tokens, accept_length, copy_length, next_root, _per_row(hidden, _per_row(path, accept_length))
+    return tokens, accept_length, head_length, copy_length, next_root, _per_row(hidden, _per_row(path, accept_length))
 
 
 def _eos_ids(model, eos_token_id) -> set[int]:
@@ -332,10 +339,7 @@ def prefill(model, prompts: list[torch.Tensor], cache: MedusaKVCache, fold_gqa: 
 def _levels(model, trees, batch_size: int, adaptive: bool) -> list[TreeBuffers]:
     """The trees a step at ``batch_size`` rows may verify, smallest first (:mod:`medusa.model.adaptive`)."""
     full = trees(batch_size)
-    if not adaptive:
-        return [full]
-    copy_only = model.tree_buffers("none", full.copy_chains, full.copy_depth) if full.copy_chains else None
-    return draft_levels(full, model.tree_buffers("none"), copy_only)
+    return draft_levels(full, model.tree_buffers) if adaptive else [full]
 
 
 def _decode(model, trees, step_fn, rows: RowScheduler, capacity: int, cuda_graph: bool, config: DecodingConfig,
@@ -370,12 +374,13 @@ def _decode(model, trees, step_fn, rows: RowScheduler, capacity: int, cuda_graph
                     graphs[key] = GraphedStep(step, (root, hidden, active), cache)
                 step = graphs[key]
             started = time.perf_counter()
-            tokens, accept_length, copy_length, root, hidden = step(root, hidden, active)
-            host = torch.cat([accept_length[:, None], copy_length[:, None], tokens], dim=1).tolist()  # the one sync
+            tokens, accept_length, head_length, copy_length, root, hidden = step(root, hidden, active)
+            host = torch.cat([accept_length[:, None], head_length[:, None], copy_length[:, None], tokens], dim=1)
+            host = host.tolist()  # the step's one host sync
             if len(levels) > 1:
                 model.step_times.record(cache.batch_size, buffers, time.perf_counter() - started)
-                follower.update(level, live, [h[0] for h in host], [h[1] for h in host])
-            report, finished = rows.record([[h[0]] + h[2:] for h in host])
+                follower.update(level, live, [h[1] for h in host], [h[2] for h in host])
+            report, finished = rows.record([[h[0]] + h[3:] for h in host])
             yield report
             if finished:
                 if rows.done:

@@ -1,4 +1,6 @@
-"""Posterior evaluation: which tree path to accept, and how much of it (DESIGN.md §4).
+"""Posterior evaluation: which tree path to accept, and how much of it.
+
+See docs/design.md, "The decode step".
 
 Greedy and typical acceptance take the base predictions (argmax, or logits) gathered along the
 tree's paths, entry ``[..., p, i]`` being the base model's after token i of path p (leading dims: the

@@ -1,4 +1,6 @@
-"""Pick the tree for each batch size from head accuracies and a measured verify-cost curve (DESIGN.md §3, §6).
+"""Pick the tree for each batch size from head accuracies and a measured verify-cost curve.
+
+See docs/design.md, "Trees and the tree policy".
 
 A tree of T tokens (root included) yields ``expected_tokens_per_step`` tokens per step but makes the
 step cost ``time(b, T)`` instead of ``time(b, 1)``; the speedup over plain decoding at batch size b is
@@ -8,7 +10,7 @@ step cost ``time(b, T)`` instead of ``time(b, 1)``; the speedup over plain decod
 Larger batches make verification compute-bound sooner, so the best T shrinks as b grows, and at
 some batch size no tree pays for itself (the policy then answers ``"none"``: plain decoding).
 
-    model.tree_policy = TreePolicy.load("acc.json", "cost.json")  # heads_accuracy --output, verify_cost --out
+    model.tree_policy = TreePolicy.load("acc.json", "cost.json")  # heads_accuracy --output, verify_cost --output
 """
 
 import bisect
@@ -21,14 +23,14 @@ from .tree_builder import build_tree, expected_tokens_per_step, tree_capacity
 from .medusa_choices import MAX_TOP_K
 
 # Beside the heads, these two files give the model a tree policy (``model.tree_policy``) on loading.
-POLICY_FILES = ("heads_accuracy.json", "verify_cost.json")  # heads_accuracy --output, verify_cost.py --out
+POLICY_FILES = ("heads_accuracy.json", "verify_cost.json")  # heads_accuracy --output, verify_cost --output
 
 
 class CostCurve:
     """Measured time of one decode step, in milliseconds, per batch size and tree size.
 
     JSON: ``{"device": str, "model": str, "dtype": str, "batch_sizes": [...], "tree_sizes": [...],
-    "ms": [[ms per tree size] per batch size]}`` (``benchmarks/verify_cost.py`` writes it).
+    "ms": [[ms per tree size] per batch size]}`` (``python -m medusa.eval.verify_cost`` writes it).
 
     Args:
         batch_sizes: rows per step, strictly increasing positive ints.
@@ -117,7 +119,7 @@ class TreePolicy:
     under-estimate; measure the sizes you want considered.
 
     Args:
-        accuracies: ``[heads, top_k]`` head accuracies as in :func:`~medusa.eval.tree_builder.build_tree`
+        accuracies: ``[heads, top_k]`` head accuracies as in :func:`~medusa.model.tree_builder.build_tree`
             (ranks beyond the trees' limit of 10 are dropped).
         cost: the measured step times.
     """
