@@ -84,29 +84,36 @@ def test_the_level_with_most_tokens_per_second_wins_and_the_full_tree_is_probed_
 
 def test_a_small_level_must_beat_the_full_tree_by_the_margin():
     follower = AcceptanceFollower([NONE, FULL], timed({NONE: 1.0, FULL: 1.0}), 1)
+    follower.seen = [[1], [1]]
     follower.tokens = [[1.0], [1.0 / adaptive.MARGIN + 1e-6]]  # the full tree slightly slower, within the margin
     assert follower.choose(1, [0]) == 1
     follower.tokens[1][0] = 1.0 / adaptive.MARGIN - 1e-3
     assert follower.choose(1, [0]) == 0
 
 
-def test_a_smaller_step_updates_only_the_levels_it_covers():
+def test_a_smaller_step_updates_only_the_levels_it_covers_and_estimates_start_as_means():
     follower = AcceptanceFollower([NONE, HEADS, COPY, FULL], timed({}), 1)
     follower.update(2, [0], head_length=[0], copy_length=[4])  # a copy-only step: heads unknown
-    assert follower.tokens[1][0] == adaptive.PRIOR_TOKENS and follower.tokens[3][0] == adaptive.PRIOR_TOKENS
-    assert follower.tokens[2][0] == pytest.approx(2.0 + adaptive.SMOOTHING * (5 - 2.0))
+    assert [follower.seen[level][0] for level in range(4)] == [1, 0, 1, 0]
+    assert follower.tokens[2][0] == 5.0 and follower.tokens[1][0] == follower.tokens[3][0] == 1.0
+    follower.update(3, [0], head_length=[2], copy_length=[1])  # the full tree: every level
+    assert follower.tokens[2][0] == 3.5 and follower.tokens[1][0] == 3.0 and follower.tokens[3][0] == 3.0
+    for _ in range(100):  # past 1 / SMOOTHING steps, recent steps weigh more than a mean would
+        follower.update(3, [0], head_length=[0], copy_length=[0])
+    assert follower.tokens[3][0] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_live_rows_decide_and_new_rows_start_from_the_prior():
+def test_a_new_row_runs_the_full_tree_first_and_live_rows_decide():
     follower = AcceptanceFollower([NONE, FULL], timed({NONE: 1.0, FULL: 1.5}), 2)
+    assert follower.choose(1, [0]) == 1  # nothing measured yet
     for _ in range(40):
         follower.update(1, [0, 1], head_length=[0, 4], copy_length=[0, 0])
     assert follower.choose(1, [0]) == 0 and follower.choose(1, [1]) == 1
-    follower.reset_rows([1])
-    assert follower.tokens[1][1] == adaptive.PRIOR_TOKENS
-    smaller = follower.resized([NONE, HEADS, FULL], [1, 0])
-    assert smaller.tokens[2] == [adaptive.PRIOR_TOKENS, follower.tokens[1][0]]  # the full tree's, rows reordered
-    assert smaller.tokens[1] == [adaptive.PRIOR_TOKENS] * 2 and smaller.times is follower.times
+    follower.reset_rows([0])
+    assert follower.tokens[1][0] == 1.0 and follower.seen[1][0] == 0 and follower.choose(1, [0]) == 1
+    smaller = follower.resized([NONE, HEADS, FULL], [1, 0])  # rows reordered; the full tree the same
+    assert smaller.tokens[2] == [follower.tokens[1][1], 1.0] and smaller.seen[2] == [40, 0]
+    assert smaller.seen[1] == [0, 0] and smaller.times is follower.times
 
 
 def run(model, input_ids, **kwargs):

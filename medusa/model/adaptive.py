@@ -18,9 +18,8 @@ import statistics
 
 from .tree import TreeBuffers
 
-# Running-estimate weight of the newest step, and the prior tokens per step of a row not yet measured.
+# Weight of the newest step in a row's running estimate, once the row has more than 1 / SMOOTHING steps.
 SMOOTHING = 0.15
-PRIOR_TOKENS = 2.0
 # A smaller level must promise this much more speed than the full tree to replace it: accept lengths are
 # noisy (0 on one step, 9 on the next), and leaving the full tree loses its gains until the next probe.
 # Measured on an H200 at batch size 1, where the full tree costs ~1.3 plain steps, following every
@@ -68,6 +67,10 @@ def accepted_by(tree: TreeBuffers, head_length: int, copy_length: int) -> int:
 class AcceptanceFollower:
     """Chooses each step's level for a batch from per-row running estimates and measured step times.
 
+    A row's estimate of a level is the mean of what the level would have accepted in the row's steps so
+    far, then (past ``1 / SMOOTHING`` steps) a running average weighting recent steps more. A row's first
+    step verifies the full tree, which measures every level at once.
+
     Args:
         levels: the trees, smallest first, the full tree last (it covers every other).
         times: the process's step times (kept on the model, shared by generations).
@@ -76,16 +79,19 @@ class AcceptanceFollower:
 
     def __init__(self, levels: list[TreeBuffers], times: StepTimes, batch_size: int):
         self.levels, self.times = levels, times
-        self.tokens = [[PRIOR_TOKENS if tree.num_nodes > 1 else 1.0] * batch_size for tree in levels]
+        self.tokens = [[1.0] * batch_size for _ in levels]  # [level][row] expected tokens per step
+        self.seen = [[0] * batch_size for _ in levels]  # [level][row] steps that measured it
         self.probe_every, self.since_probe = FIRST_PROBE, 0
 
     def choose(self, batch_size: int, live: list[int]) -> int:
         """The level to run next for the ``live`` cache rows."""
+        full = len(self.levels) - 1
         seconds = [self.times.seconds(batch_size, tree) for tree in self.levels]
         if None in seconds:  # measure every level's step time first, largest first
             return max(i for i, s in enumerate(seconds) if s is None)
+        if any(not self.seen[full][r] for r in live):  # a new row: measure every level at once
+            return full
         speeds = [sum(self.tokens[level][r] for r in live) / len(live) / s for level, s in enumerate(seconds)]
-        full = len(self.levels) - 1
         best = max(range(full), key=speeds.__getitem__)
         if speeds[full] * MARGIN >= speeds[best]:
             self.probe_every, self.since_probe = FIRST_PROBE, 0
@@ -100,24 +106,29 @@ class AcceptanceFollower:
         """Book a step of ``level``: how far each live row's head paths and copy branches got."""
         ran = self.levels[level]
         for other, tree in enumerate(self.levels):
-            if tree.num_nodes > 1 and covers(ran, tree):
+            if covers(ran, tree):
                 for r in live:
+                    self.seen[other][r] += 1
                     observed = 1 + accepted_by(tree, head_length[r], copy_length[r])
-                    self.tokens[other][r] += SMOOTHING * (observed - self.tokens[other][r])
+                    weight = max(SMOOTHING, 1 / self.seen[other][r])
+                    self.tokens[other][r] += weight * (observed - self.tokens[other][r])
 
     def reset_rows(self, rows: list[int]) -> None:
-        """Rows that start a new prompt: back to the prior."""
-        for tree, estimates in zip(self.levels, self.tokens):
+        """Rows that start a new prompt: nothing measured yet."""
+        for estimates, seen in zip(self.tokens, self.seen):
             for r in rows:
-                estimates[r] = PRIOR_TOKENS if tree.num_nodes > 1 else 1.0
+                estimates[r], seen[r] = 1.0, 0
 
     def resized(self, levels: list[TreeBuffers], rows: list[int]) -> "AcceptanceFollower":
         """The follower of a smaller batch of ``rows`` (old indices, new order) with its own ``levels``: a row
-        keeps its estimate of each level it had, and starts from the prior for new ones."""
+        keeps what it measured of each level it had; the full tree of a new level set is measured anew."""
         follower = AcceptanceFollower(levels, self.times, len(rows))
-        known = {tree.key: estimates for tree, estimates in zip(self.levels, self.tokens)}
-        follower.tokens = [[known[tree.key][r] for r in rows] if tree.key in known else estimates
-                           for tree, estimates in zip(levels, follower.tokens)]
+        known = {tree.key: level for level, tree in enumerate(self.levels)}
+        for level, tree in enumerate(levels[:-1] if levels[-1].key != self.levels[-1].key else levels):
+            if tree.key in known:
+                old = known[tree.key]
+                follower.tokens[level] = [self.tokens[old][r] for r in rows]
+                follower.seen[level] = [self.seen[old][r] for r in rows]
         return follower
 
 
