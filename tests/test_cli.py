@@ -192,7 +192,9 @@ def test_default_model_is_the_demo(demo_heads, monkeypatch, capsys):
 
 def _pipe(heads, stdin: bytes, tmp_path):
     """The simple style with its input piped in, as ``printf ... | python -m medusa.inference.cli`` runs it."""
-    return subprocess.run([sys.executable, "-m", "medusa.inference.cli", "--model", heads, "--max-new-tokens", "4"],
+    # One copy chain of 4: the tiny model's 96-token context holds two turns and the tree.
+    return subprocess.run([sys.executable, "-m", "medusa.inference.cli", "--model", heads, "--max-new-tokens", "4",
+                           "--copy-chains", "1", "--copy-depth", "4"],
                           input=stdin, capture_output=True, env=_env(), cwd=tmp_path, timeout=120)
 
 
@@ -203,6 +205,15 @@ def test_piped_input_is_echoed_after_each_prompt(tiny_heads, tmp_path):
     assert [lines[0], lines[3], lines[6:]] == ["user: hello", "user: hi again", ["user: ", ""]]  # ends with a newline
     assert lines[1].startswith("assistant: ") and lines[4].startswith("assistant: ")
     assert STATS.fullmatch(lines[2]) and STATS.fullmatch(lines[5])
+
+
+@pytest.mark.parametrize("argv, message", [(["--copy-chains", "-1"], "--copy-chains must be a non-negative integer"),
+                                           (["--copy-chains", "1", "--copy-depth", "0"],
+                                            "--copy-depth must be at least 1 when --copy-chains > 0")])
+def test_bad_copy_branch_options_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(argv)
+    assert exit.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_bytes_that_are_not_utf8_are_replaced_and_the_chat_goes_on(tiny_heads, tmp_path):

@@ -25,6 +25,8 @@ from .. import demo
 from ..model import CheckpointError, MedusaModel, presets
 from ..model.checkpoint import is_full_model, read_config
 from ..model.medusa_model import default_dtype
+from ..model.candidates import COPY_DEPTH
+from ..model.generate import check_copy_shape
 from ..model.sampling import resolve_sampling
 from .chat_io import STYLES
 from .conversation import ASSISTANT, USER, Conversation
@@ -53,6 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--medusa-choices", help=f"tree: a preset ({', '.join(sorted(presets()))}), a JSON list of paths "
                                             "or a JSON file (default: the tree shipped with the heads for the device, else their tree policy, "
                                             "else mc_sim_7b_63 cut to the number of heads)")
+    p.add_argument("--copy-chains", type=int, help="copy branches (prompt lookup) beside the head paths (default: the "
+                                                  "library's, 2; 0: heads only)")
+    p.add_argument("--copy-depth", type=int, help="tokens per copy branch (default: the library's, 10)")
+    p.add_argument("--adaptive", choices=["on", "off"], help="trees that follow acceptance (default: on for greedy "
+                                                             "decoding on a CPU, else off)")
     p.add_argument("--sampling", choices=["lossless", "typical"], help="for temperature > 0: lossless (default; exactly "
                    "the base model's distribution) or typical (lossy, accepts more)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default: 0 = all)")
@@ -78,6 +85,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                 "decoding")
     if args.max_steps < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         p.error("--max-steps and --max-new-tokens must be >= 1")
+    try:
+        check_copy_shape(args.copy_chains, COPY_DEPTH if args.copy_depth is None else args.copy_depth)
+    except ValueError as e:
+        p.error(str(e).replace("copy_", "--copy-"))
     return args
 
 
@@ -182,8 +193,11 @@ class Chat:
                                max_steps=args.max_steps,
                                max_new_tokens=args.max_new_tokens, medusa_choices=args.medusa_choices,
                                eos_token_id=self.eos)
-        self.gen_kwargs.update({name: getattr(args, name) for name in ("posterior_threshold", "posterior_alpha")
+        self.gen_kwargs.update({name: getattr(args, name) for name in ("posterior_threshold", "posterior_alpha",
+                                                                       "copy_chains", "copy_depth")
                                 if getattr(args, name) is not None})  # unset: the library's defaults
+        if args.adaptive is not None:
+            self.gen_kwargs["adaptive"] = args.adaptive == "on"
         if args.seed is not None:
             self.gen_kwargs["generator"] = torch.Generator(model.lm_head.weight.device).manual_seed(args.seed)
 
