@@ -2,7 +2,7 @@
 
 Copy-heavy and task-specific prompts (summarisation, passage QA, open QA, maths, code) for measuring
 speed per category beside MT-bench. These prompts must stay out of the training data of any heads
-measured on them: ``data_generation/generate.py --exclude benchmarks/data/dev_prompts.jsonl``.
+measured on them: ``python -m data_generation.generate ... --exclude benchmarks/data/dev_prompts.jsonl``.
 
     python -m benchmarks.dev_prompts --prompts train_prompts.jsonl --output benchmarks/data/dev_prompts.jsonl
 

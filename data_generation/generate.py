@@ -205,6 +205,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=positive_int, default=32, help="Server back end: requests in flight.")
     p.add_argument("--system", help="System message put before every conversation.")
     p.add_argument("--limit", type=positive_int, help="Only the first N prompts.")
+    p.add_argument("--exclude", action="append", default=[], metavar="FILE",
+                   help="Held-out prompts (same formats, e.g. benchmarks/data/dev_prompts.jsonl): a prompt with one "
+                        "of their ids or first turns is skipped. Repeatable.")
     p.add_argument("--device", help="Local back end: cuda, cpu, ... (default: cuda if available).")
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
                    help="Local back end: auto (bf16 on GPU, fp32 on CPU) or a dtype.")
@@ -215,9 +218,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def held_out(prompts: list[tuple[str, tuple[str, ...]]], paths: list[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """``prompts`` without those whose id or first turn one of the files at ``paths`` holds (said on stderr)."""
+    if not paths:
+        return prompts
+    excluded = [p for path in paths for p in read_prompts(path)]
+    ids, firsts = {pid for pid, _ in excluded}, {turns[0] for _, turns in excluded}
+    kept = [(pid, turns) for pid, turns in prompts if pid not in ids and turns[0] not in firsts]
+    print(f"{len(prompts) - len(kept)} of {len(prompts)} prompts held out by {', '.join(paths)}.", file=sys.stderr)
+    return kept
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    prompts = read_prompts(args.input)[: args.limit]
+    prompts = held_out(read_prompts(args.input), args.exclude)[: args.limit]
     done = finished_keys(args.output)
     jobs = [Job(pid, s, turns) for pid, turns in prompts for s in range(args.samples) if (pid, s) not in done]
     print(f"{len(prompts) * args.samples} conversations asked, {len(done)} already in {args.output}, "

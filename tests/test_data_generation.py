@@ -260,3 +260,20 @@ def test_ctrl_c_while_loading_the_model_exits_130_in_one_line(tmp_path, monkeypa
     assert generate(["--input", one_prompt(tmp_path / "in.jsonl"), "--output", str(output), "--model", "m"]) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "Interrupted while loading 'm'; nothing generated."
     assert not output.exists()
+
+
+def test_held_out_prompts_are_skipped_by_id_or_first_turn(tmp_path, capsys):
+    prompts = [{"id": "x-0", "turns": ["Summarise: a"]}, {"id": "x-1", "turns": ["Summarise: b", "More"]},
+               {"id": "x-2", "turns": ["Summarise: c"]}, {"id": "x-3", "turns": ["Other"]}]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    held = [{"question_id": "x-0", "category": "s", "turns": ["reworded"]},
+            {"question_id": 7, "category": "s", "turns": ["Summarise: b"]}]
+    (tmp_path / "dev.jsonl").write_text("".join(json.dumps(q) + "\n" for q in held))
+    output = tmp_path / "out.jsonl"
+    output.write_text("".join(json.dumps({"id": i, "sample": 0, "messages": []}) + "\n" for i in ("x-2", "x-3")))
+    # Everything left is already done, so no model is needed: the counts say what was held out.
+    assert generate(["--input", str(tmp_path / "prompts.jsonl"), "--output", str(output), "--model", "m",
+                     "--exclude", str(tmp_path / "dev.jsonl")]) == 0
+    err = capsys.readouterr().err
+    assert f"2 of 4 prompts held out by {tmp_path / 'dev.jsonl'}." in err
+    assert "2 conversations asked, 2 already in" in err and "0 to generate" in err
