@@ -10,7 +10,10 @@ import sys
 
 def _report() -> None:
     names = sorted(open(f"/proc/self/task/{tid}/comm").read().strip() for tid in os.listdir("/proc/self/task"))
-    print(f"threads at exit: {names}", file=sys.stderr, flush=True)
+    # One write of the whole line: the ranks of a torchrun share stderr, and a print's separate newline
+    # lets their lines run together.
+    sys.stderr.flush()
+    os.write(sys.stderr.fileno(), f"threads at exit: {names}\n".encode())
 
 
 atexit.register(_report)  # registered first, so it runs after every later handler (torch's, accelerate's)

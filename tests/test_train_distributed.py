@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def assert_no_thread_of_the_process_group_left_at_exit(stderr: str) -> None:
     """Gloo's worker threads alive into interpreter finalization may abort the process (see ``run_script``)."""
-    threads = re.findall(r"threads at exit: (.*)", stderr)
+    threads = re.findall(r"threads at exit: (\[[^]]*\])", stderr)
     assert len(threads) == 2 and not any("gloo" in t or "tcpstore" in t for t in threads), threads
 
 
