@@ -1,7 +1,8 @@
 """A pre-allocated KV cache owned by the library, handed to stock HF models as a ``Cache``.
 
 One buffer pair per layer, ``[batch, kv_heads, capacity, head_dim]``, the token ids of the cached
-entries ``[batch, capacity]`` (the text that copy branches look up), and one committed length per row. A forward over ``q`` new tokens writes row b's at slots ``[length[b], length[b] + q)`` and
+entries ``[batch, capacity]`` (the text that copy branches look up), and one committed length per row.
+A forward over ``q`` new tokens writes row b's at slots ``[length[b], length[b] + q)`` and
 attends over the first ``span`` slots (a multiple of ``SLOT_BLOCK`` that holds every row and the new
 tokens, so early steps skip the empty end of the buffer); the 4D mask (:mod:`medusa.model.masks`)
 hides slots that hold nothing valid. After a tree step, :meth:`MedusaKVCache.accept` moves each row's accepted path to the front of
