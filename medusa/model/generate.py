@@ -40,7 +40,7 @@ def _per_row(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def tree_step(model, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Tensor, hidden: torch.Tensor,
-              active: torch.Tensor, config: DecodingConfig):
+              active: torch.Tensor, config: DecodingConfig, split_lengths: bool = False):
     """One Medusa step for a batch: verify every row's tree in one forward, accept a path per row, compact the cache.
 
     Greedy and typical steps have static shapes and no host synchronisation, so they can be captured
@@ -54,11 +54,14 @@ def tree_step(model, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Ten
             heads' input; unused by a tree without head nodes).
         active: ``[batch]`` bool; a row that is not active keeps its cache length (finished rows
             waiting to be dropped from the batch).
+        split_lengths: also verify the head paths and the copy branches apart, for trees that follow
+            acceptance (a few more kernels per step, so only when asked).
 
     Returns:
         tokens ``[batch, depth + 1]`` (each row's chosen path; its first ``accept_length + 1`` are
         new), accept_length ``[batch]``, head_length and copy_length ``[batch]`` (what the head paths
-        and the copy branches each accepted; 0 for a kind the tree lacks), the next roots ``[batch]``
+        and the copy branches each accepted; 0 for a kind the tree lacks, and 0 for both of a tree with
+        both kinds without ``split_lengths``), the next roots ``[batch]``
         and the hidden states ``[batch, d]`` at each row's last accepted token.
     """
     head_logits = model.head_logits(hidden).transpose(0, 1) if buffers.head_depth else None  # [batch, heads, V]
@@ -70,12 +73,11 @@ def tree_step(model, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Ten
                       config.fold_gqa)
     logits = model.lm_logits(hidden)  # [batch, T, V]
     both = buffers.head_depth > 0 and buffers.copy_chains > 0
+    head_length = copy_length = none = torch.zeros_like(root)
     if config.sampling == "lossless":
         rows = [evaluate_posterior_lossless(logits[b], tree_candidates[b], buffers, config.temperature, config.top_k,
                                             config.top_p, config.generator) for b in range(logits.shape[0])]
         path, accept_length, next_root = (torch.stack(column) for column in zip(*rows))
-        # The kind of the path's first node (head nodes come first; a token both propose counts as a head's).
-        copied = path[:, 1] > buffers.num_nodes - 1 - buffers.copy_chains * buffers.copy_depth
     else:
         if config.sampling == "greedy":
             predictions = logits.argmax(-1)[:, buffers.retrieve_indices]  # [batch, leaves, depth + 1]
@@ -94,13 +96,14 @@ def tree_step(model, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Ten
         path = buffers.retrieve_indices[best]  # [batch, depth + 1]
     # How far the head paths and the copy branches each got (the path rows: head leaves, then the chains)
     # tells trees that follow acceptance what a smaller tree would have accepted (medusa.model.adaptive).
-    none = torch.zeros_like(accept_length)
-    if both and config.sampling == "lossless":
+    if both and split_lengths and config.sampling == "lossless":
+        # The kind of the path's first node (head nodes come first; a token both propose counts as a head's).
+        copied = path[:, 1] > buffers.num_nodes - 1 - buffers.copy_chains * buffers.copy_depth
         head_length, copy_length = torch.where(copied, none, accept_length), torch.where(copied, accept_length, none)
-    elif both:
+    elif both and split_lengths:
         first_chain = buffers.retrieve_indices.shape[0] - buffers.copy_chains
         head_length, copy_length = evaluate(slice(0, first_chain)), evaluate(slice(first_chain, None))
-    else:  # one kind of draft (or none): it got what the step accepted
+    elif not both:  # one kind of draft (or none): it got what the step accepted
         head_length = accept_length if buffers.head_depth else none
         copy_length = accept_length if buffers.copy_chains else none
     tokens = tree_candidates.gather(1, path)
@@ -152,9 +155,9 @@ def _prompt_list(input_ids) -> tuple[list[torch.Tensor], bool]:
         prompts, single = [torch.as_tensor(p) for p in input_ids], False
         if any(p.ndim != 1 for p in prompts):
             raise ValueError("A list of prompts must hold 1-D token id sequences.")
-    if not all(map(_integer, prompts)):
-        raise ValueError("Token ids must be integers; got a prompt of dtype "
-                         f"{next(p.dtype for p in prompts if not _integer(p))}.")
+    not_integer = next((p for p in prompts if not _integer(p)), None)
+    if not_integer is not None:
+        raise ValueError(f"Token ids must be integers; got a prompt of dtype {not_integer.dtype}.")
     prompts = [p.long() for p in prompts]
     if not prompts or any(p.numel() == 0 for p in prompts):
         raise ValueError("The prompt is empty.")
@@ -208,8 +211,8 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
             last 1-3 tokens (in the prompt or the reply so far). 0 chains: heads only. Default
             (None): ``COPY_CHAINS`` beside head nodes, none for ``medusa_choices="none"`` (plain
             decoding); ``medusa_choices="none"`` with chains speculates copied tokens only.
-        adaptive: let each step verify the smallest draft that pays (:mod:`medusa.model.adaptive`):
-            the whole tree, the copy branches alone, or nothing, from each row's running acceptance
+        adaptive: let each step verify the part of the tree that pays (:mod:`medusa.model.adaptive`):
+            all of it, the heads or the copy branches alone, or nothing, from each row's running acceptance
             and step times measured on this device. Default: on for greedy decoding on a CPU, where
             verification is dear; off on GPUs, where a tree costs little more than one token and the
             fixed tree measured faster (benchmarks/RESULTS.md), and for sampling, so that a seeded
@@ -365,11 +368,11 @@ def _decode(model, trees, step_fn, rows: RowScheduler, capacity: int, cuda_graph
             live = [r for r, i in enumerate(rows.rows) if i is not None]
             level = follower.choose(cache.batch_size, live) if len(levels) > 1 else 0
             buffers = levels[level]
-            step = partial(step_fn, model, buffers, cache, config=config)
+            step = partial(step_fn, model, buffers, cache, config=config, split_lengths=len(levels) > 1)
             cache.check_capacity(buffers.num_nodes)
             span = cache.fit_span(buffers.num_nodes)
-            if cuda_graph:  # one graph per step function, tree, span and attention: a few per generation
-                key = (step_fn, buffers.key, span, config.fold_gqa)
+            if cuda_graph:  # one graph per step function, tree, span, attention and split: a few per generation
+                key = (step_fn, buffers.key, span, config.fold_gqa, len(levels) > 1)
                 if key not in graphs:
                     graphs[key] = GraphedStep(step, (root, hidden, active), cache)
                 step = graphs[key]
