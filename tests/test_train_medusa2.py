@@ -1,4 +1,4 @@
-"""Medusa-2 on a tiny model: LoRA + self-distillation KL keeps the backbone close; the merged model loads."""
+"""Medusa-2 on a tiny model: LoRA + self-distillation KL keeps the backbone close; the checkpoint loads."""
 
 import pytest
 import torch
@@ -39,7 +39,10 @@ def test_self_distillation_moves_the_backbone_less_and_the_merged_model_loads(di
     summaries, shifts = {}, {}
     for name, extra in (("kl", ["--medusa_self_distillation", "true"]), ("lm", [])):
         summaries[name] = run(root, base_path, tmp_path / name, *extra)
-        model = MedusaModel.from_pretrained(str(tmp_path / name))  # full model: merged backbone + medusa_head.*
+        out = tmp_path / name
+        assert sorted(p.name for p in out.iterdir()) == ["adapter", "config.json", "medusa_lm_head.safetensors",
+                                                         "training_summary.json"]
+        model = MedusaModel.from_pretrained(str(out))  # the adapter is merged into the base at load
         shifts[name] = backbone_shift(base, model, root)
     assert shifts["kl"] < 0.5 * shifts["lm"], shifts
     assert shifts["lm"] > 1e-3  # the plain LM loss did train the backbone (adapters merged into the weights)
@@ -84,3 +87,16 @@ def test_data_whose_replies_are_all_cut_off_is_refused_and_nothing_is_saved(tmp_
         train(["--model_name_or_path", base, "--data_path", data, "--output_dir", str(tmp_path / "out"),
                "--model_max_length", "48", "--max_steps", "1"])
     assert not (tmp_path / "out").exists()
+
+
+def test_heads_start_from_a_given_checkpoint_of_the_same_shape(distilled, tmp_path):  # noqa: F811
+    root, base_path = distilled
+    run(root, base_path, tmp_path / "first", "--max_steps", "3")
+    start = MedusaModel.from_pretrained(str(tmp_path / "first")).medusa_head.state_dict()
+    run(root, base_path, tmp_path / "frozen", "--max_steps", "1", "--learning_rate", "0",
+        "--medusa_init_heads", str(tmp_path / "first"))
+    frozen = MedusaModel.from_pretrained(str(tmp_path / "frozen")).medusa_head.state_dict()
+    assert all(torch.equal(start[k], frozen[k]) for k in start)  # a zero learning rate keeps the loaded heads
+    with pytest.raises(SystemExit, match=r"--medusa_init_heads .* has medusa_num_heads=3, but --medusa_num_heads is 2"):
+        run(root, base_path, tmp_path / "other", "--max_steps", "1", "--medusa_init_heads", str(tmp_path / "first"),
+            "--medusa_num_heads", "2")

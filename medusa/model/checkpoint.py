@@ -3,7 +3,7 @@
 Read: FasterDecoding heads-only (``medusa_lm_head.pt`` or ``.safetensors``), FasterDecoding full model
 (``medusa_head.*`` keys inside the model weights), "version 2" heads, vLLM's layout (``model_type:
 medusa``, as ``medusa.export --format vllm`` writes it), and our own (heads-only keys, ``config.json``
-with ``model_type: medusa_heads``). Write: heads-only (TGI's router needs the config without
+with ``model_type: medusa_heads``; a Medusa-2 checkpoint adds the backbone's LoRA adapter in ``adapter/``). Write: heads-only (TGI's router needs the config without
 ``model_type``: serve it ``medusa.export --format tgi``'s copy). Loading is strict: a missing, unexpected or mis-shaped key is an error that names it.
 """
 
@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 HEADS_SAFETENSORS = "medusa_lm_head.safetensors"
 HEADS_PT = "medusa_lm_head.pt"
 FULL_MODEL_PREFIX = "medusa_head."
+ADAPTER_DIR = "adapter"  # Medusa-2: the backbone's LoRA adapter, in peft's layout, beside the heads
 VLLM_MODEL_TYPE = "medusa"
 VLLM_WEIGHTS = "model.safetensors"
 _VLLM_KEY = re.compile(r"^(?:blocks\.(\d+)\.layers\.(\d+)\.(weight|bias)|lm_heads\.(\d+)\.weight)$")

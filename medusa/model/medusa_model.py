@@ -14,6 +14,7 @@ from .config import MedusaConfig
 from .generate import medusa_generate
 from .heads import MedusaHeads
 from .kv_cache import MedusaKVCache, free_memory, round_up_to_block
+from .lora import LoraAdapter, is_adapter
 from .medusa_choices import resolve_medusa_choices
 from .tree import TreeBuffers, generate_medusa_buffers
 from .tree_policy import POLICY_FILES, TreePolicy
@@ -72,6 +73,7 @@ class MedusaModel(nn.Module):
         ).to(dtype=lm_head.weight.dtype, device=lm_head.weight.device)
         self.medusa_head.init_from_lm_head(lm_head)
         self.tokenizer = None
+        self.adapter: LoraAdapter | None = None  # Medusa-2: merged into base_model; kept to be saved again
         self._cache_kwarg = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
         self._softcap = getattr(text_config, "final_logit_softcapping", None)
         self._trees: dict[tuple, TreeBuffers] = {}
@@ -88,8 +90,11 @@ class MedusaModel(nn.Module):
 
         Args:
             path: a heads-only directory (ours, FasterDecoding ``medusa_lm_head.pt|.safetensors``,
-                "version 2") or a FasterDecoding full-model directory (``medusa_head.*`` keys).
-            base_model: overrides the config's ``base_model_name_or_path``: a path or a loaded model.
+                "version 2"), a FasterDecoding full-model directory (``medusa_head.*`` keys), or a Medusa-2
+                checkpoint: heads plus the backbone's LoRA adapter in ``adapter/`` (peft's layout), which is
+                merged into the base model's weights at load.
+            base_model: overrides the config's ``base_model_name_or_path``: a path or a loaded model (a
+                Medusa-2 adapter is merged into a loaded model in place).
             hf_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` for the base (``dtype``,
                 ``device_map``, ``quantization_config``, ...).
 
@@ -105,6 +110,8 @@ class MedusaModel(nn.Module):
         """
         raw = checkpoint.read_config(path)
         state_dict = checkpoint.read_heads_state_dict(path)
+        adapter_dir = os.path.join(path, checkpoint.ADAPTER_DIR)
+        adapter = LoraAdapter.load(adapter_dir) if is_adapter(adapter_dir) else None
         if base_model is None:
             base_model = path if checkpoint.is_full_model(path) else raw.get("base_model_name_or_path")
             if not base_model:
@@ -114,11 +121,14 @@ class MedusaModel(nn.Module):
                 raise checkpoint.CheckpointError(f"Base model directory {base_model!r} does not exist.")
             base_model = AutoModelForCausalLM.from_pretrained(base_model, **hf_kwargs)
         base_model.requires_grad_(False)
+        if adapter is not None:
+            adapter.merge_into(base_model)
         text_config = base_model.config.get_text_config()
         vocab_size = base_model.get_output_embeddings().weight.shape[0]
         config = checkpoint.resolve_config(raw, state_dict, text_config.hidden_size, vocab_size)
         model = cls(base_model, config)
         checkpoint.load_heads_strict(model.medusa_head, state_dict)
+        model.adapter = adapter
         accuracy, cost = (os.path.join(path, name) for name in POLICY_FILES)
         if os.path.isfile(accuracy) and os.path.isfile(cost):
             try:
@@ -137,8 +147,11 @@ class MedusaModel(nn.Module):
 
     def save_pretrained(self, path: str) -> None:
         """Write ``config.json`` + ``medusa_lm_head.safetensors`` (the heads-only layout; serving engines get
-        :mod:`medusa.export`'s copies), and the tree policy's two files if the model has one."""
+        :mod:`medusa.export`'s copies), a Medusa-2 model's LoRA adapter in ``adapter/``, and the tree
+        policy's two files if the model has one."""
         checkpoint.save_heads(path, self.medusa_head, self.config)
+        if self.adapter is not None:
+            self.adapter.save(os.path.join(path, checkpoint.ADAPTER_DIR))
         if self.tree_policy is not None:
             self.tree_policy.save(*(os.path.join(path, name) for name in POLICY_FILES))
 

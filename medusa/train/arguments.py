@@ -46,6 +46,9 @@ class MedusaTrainingArguments(transformers.TrainingArguments):
     medusa_distillation: float = field(default=0.0, metadata={
         "help": "α in [0, 1]: each head's loss is (1 − α)·CE on the data + α·KL(base ‖ head), the frozen base "
                 "model's distribution of the same token as a soft label (Medusa-1 only)."})
+    medusa_init_heads: str | None = field(default=None, metadata={
+        "help": "Start the heads from this checkpoint (any layout MedusaModel.from_pretrained reads) instead of "
+                "fresh ones; its heads, layers and head type must equal the options above."})
     warmup_ratio: float = field(default=0.0, metadata={"help": "Linear warm-up over this fraction of the steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep labels for compute_loss."})
     label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Batch label keys."})

@@ -6,8 +6,10 @@ stage where only the heads learn (heads_only), or λ0 ramped up by a sine schedu
 With --medusa_self_distillation (for self-distilled data) L_LM is KL(teacher ‖ student), the teacher
 being the same model with its adapters disabled, averaged over target tokens.
 
-The result in --output_dir is a full model (merged backbone weights + medusa_head.*) that
-MedusaModel.from_pretrained loads. Trainer checkpoints hold the adapters and the heads.
+The result in --output_dir, like every Trainer checkpoint, is a Medusa-2 checkpoint that
+MedusaModel.from_pretrained loads: the heads, config.json naming the base, and the backbone's LoRA
+adapter in adapter/ (merged into the base at load). A full fine-tune writes a full model instead
+(backbone weights + medusa_head.*).
 See docs/training.md.
 """
 
@@ -20,16 +22,13 @@ from dataclasses import dataclass, field
 import torch
 import transformers
 
-from medusa.model import checkpoint
+from medusa.model import checkpoint, lora
 from medusa.train.arguments import parse_arguments, require
 from medusa.train.common import build_datasets, load_tokenizer, run_script, write_summary
 from medusa.train.data import IGNORE_INDEX
 from medusa.train.losses import distillation_kl
 from medusa.train.train_legacy import build_medusa_model, head_summary
 from medusa.train.trainer import MedusaTrainer
-
-ADAPTER_DIR = "adapter"
-
 
 @dataclass
 class Medusa2Arguments:
@@ -147,7 +146,7 @@ class Medusa2Trainer(MedusaTrainer):
         if not self.args.should_save:
             return
         if self.peft_model is not None:
-            self.peft_model.save_pretrained(os.path.join(output_dir, ADAPTER_DIR))
+            self.peft_model.save_pretrained(os.path.join(output_dir, checkpoint.ADAPTER_DIR))
         else:
             save_full_model(self.accelerator.unwrap_model(self.model), output_dir)
 
@@ -158,7 +157,7 @@ class Medusa2Trainer(MedusaTrainer):
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        adapter = load_file(os.path.join(resume_from_checkpoint, ADAPTER_DIR, "adapter_model.safetensors"))
+        adapter = load_file(os.path.join(resume_from_checkpoint, checkpoint.ADAPTER_DIR, lora.ADAPTER_WEIGHTS))
         set_peft_model_state_dict(self.peft_model, adapter)
 
 
@@ -213,11 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     wall = time.time() - start
     metrics = trainer.evaluate() if eval_set is not None else {}
-    if training_args.should_save:
-        if peft_model is not None:
-            peft_model.merge_and_unload()  # LoRA folded into the backbone weights, in place
-        save_full_model(model, training_args.output_dir)
-        tokenizer.save_pretrained(training_args.output_dir)
+    trainer.save_model(training_args.output_dir)
+    if training_args.should_save and peft_model is None:
+        tokenizer.save_pretrained(training_args.output_dir)  # a full model; the LoRA checkpoint names its base
     summary = {"model_name_or_path": model_args.model_name_or_path, "train_conversations": len(train_set),
                "global_steps": trainer.state.global_step, "wall_time_s": round(wall, 1),
                "world_size": training_args.world_size, "lora": medusa2.use_lora,

@@ -12,14 +12,14 @@ import time
 
 import torch
 
-from medusa.model import MedusaConfig, MedusaModel
+from medusa.model import MedusaConfig, MedusaModel, checkpoint
 from medusa.train.arguments import parse_arguments
 from medusa.train.common import build_datasets, gathered, load_base_model, load_tokenizer, run_script, write_summary
 from medusa.train.trainer import MedusaTrainer
 
 
 def build_medusa_model(model_args, training_args) -> MedusaModel:
-    """Base model frozen (lm_head included) plus fresh fp32 heads."""
+    """Base model frozen (lm_head included) plus fp32 heads: fresh, or those of ``--medusa_init_heads``."""
     base = load_base_model(model_args, training_args)
     base.requires_grad_(False)
     config = MedusaConfig(medusa_num_heads=training_args.medusa_num_heads,
@@ -28,9 +28,27 @@ def build_medusa_model(model_args, training_args) -> MedusaModel:
                           head_type=training_args.medusa_head_type)
     with gathered(base.get_output_embeddings().parameters()):  # heads copy the whole lm_head
         model = MedusaModel(base, config)
+    if training_args.medusa_init_heads:
+        load_initial_heads(model, training_args.medusa_init_heads)
     # fp32 master weights for the heads; autocast runs them in bf16 with --bf16.
     model.medusa_head.float()
     return model
+
+
+def load_initial_heads(model: MedusaModel, path: str) -> None:
+    """Loads the heads saved in ``path`` into ``model``, refusing a checkpoint of another shape."""
+    try:
+        state = checkpoint.read_heads_state_dict(path)
+        saved = checkpoint.resolve_config(checkpoint.read_config(path), state, model.config.hidden_size,
+                                          model.config.vocab_size)
+    except checkpoint.CheckpointError as e:
+        raise SystemExit(f"--medusa_init_heads: {e}") from None
+    for option, field in (("--medusa_num_heads", "medusa_num_heads"), ("--medusa_num_layers", "medusa_num_layers"),
+                          ("--medusa_head_type", "head_type")):
+        if getattr(saved, field) != getattr(model.config, field):
+            raise SystemExit(f"--medusa_init_heads {path} has {field}={getattr(saved, field)!r}, but "
+                             f"{option} is {getattr(model.config, field)!r}: pass the checkpoint's.")
+    checkpoint.load_heads_strict(model.medusa_head, state)
 
 
 def head_summary(metrics: dict, num_heads: int) -> list[dict]:
