@@ -6,7 +6,10 @@
 # The shipped heads (v5): DATA_BATCH=256 DATA_SHARDS=2 ... 17453 data, stopped by an out-of-memory error
 # and resumed with DATA_BATCH=160 until the next one: 8,802 + 200 conversations. Then
 # CONFIGS=shared_lm_head:3:3 EPOCHS=3 BATCH=32 ... train eval (benchmarks/RESULTS.md, fifth GPU session).
-# stages: data (self-distil answers to NUM_PROMPTS prompts sampled with seed 0), train (own vs shared
+# The shipped heads v5 predate two fixes of the data stage: replies were cut at 512 tokens and the
+# development prompts (benchmarks/data/dev_prompts.jsonl) were not held out. Both hold now.
+# stages: data (self-distil answers to NUM_PROMPTS prompts sampled with seed 0, the development prompts
+# held out, replies up to DATA_MAX_NEW_TOKENS (1024) tokens), train (own vs shared
 # lm_head, 3 and 5 heads), eval (head accuracy and simulated tokens/step on MT-bench first turns).
 # Default: all three. Each training run writes WORK_DIR/heads_<type>_<n>/ with training_summary.json;
 # eval writes WORK_DIR/eval_<type>_<n>.json.
@@ -18,6 +21,7 @@
 #   TRAIN_PARALLEL  1: train every config at once, each logging to WORK_DIR/train_<name>.log; they
 #                   need the memory of all at once (at BATCH=32 one run held up to 98 GB of an H200)
 #   DATA_BATCH      decoding batch of the data stage (128)
+#   DATA_MAX_NEW_TOKENS  longest reply of the data stage (1024, data generation's default)
 #   DATA_SHARDS     generating processes sharing the GPU (1)
 #   DATA_TIMEOUT    seconds of data generation, then stop cleanly and keep what is written; a rerun
 #                   with the same DATA_SHARDS resumes
@@ -42,8 +46,8 @@ PY
   for ((i = 0; i < shards; i++)); do
     awk -v n="$shards" -v i="$i" 'NR % n == i' "$WORK/prompts.jsonl" > "$WORK/prompts.$i.jsonl"
     timeout --preserve-status -s INT "${DATA_TIMEOUT:-0}" python3 -m data_generation.generate --model "$BASE" \
-        --input "$WORK/prompts.$i.jsonl" --output "$WORK/distilled.$i.jsonl" --max-new-tokens 512 \
-        --batch-size ${DATA_BATCH:-128} --dtype bfloat16 &
+        --input "$WORK/prompts.$i.jsonl" --output "$WORK/distilled.$i.jsonl" --max-new-tokens ${DATA_MAX_NEW_TOKENS:-1024} \
+        --exclude benchmarks/data/dev_prompts.jsonl --batch-size ${DATA_BATCH:-128} --dtype bfloat16 &
   done
   for ((i = 0; i < shards; i++)); do wait -n || [[ $? == 130 ]]; done
   python3 - "$WORK" "$shards" <<'PY'

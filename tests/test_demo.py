@@ -182,7 +182,7 @@ def test_shipped_heads_are_lossless_and_speculate_on_mt_bench():
     sample = [next(q for q in questions if q["category"] == c) for c in dict.fromkeys(q["category"] for q in questions)]
     assert len(sample) == 8
     prompts = [render_chat(model.tokenizer, [{"role": "user", "content": q["turns"][0]}])[0] for q in sample]
-    batched = [s[len(p):].tolist() for s, p in zip(greedy_continuations(model, [p[None] for p in prompts], 64), prompts)]
+    batched = [s[len(p):].tolist() for s, p in zip(greedy_continuations(model.base_model, [p[None] for p in prompts], 64), prompts)]
     outputs = [[] for _ in prompts]
     steps = 0
     # The heads alone, every step: copy branches and trees that follow acceptance would blur their figure.

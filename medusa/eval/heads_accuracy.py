@@ -33,15 +33,15 @@ POLICY_BATCH_SIZES = (1, 4, 16, 64)  # reported with --cost-curve
 
 
 @torch.inference_mode()
-def greedy_continuations(model: MedusaModel, prompts: list[torch.Tensor], max_new_tokens: int,
+def greedy_continuations(base, prompts: list[torch.Tensor], max_new_tokens: int,
                          batch_size: int = 16) -> list[torch.Tensor]:
-    """Prompt + greedy continuation ``[S]`` per prompt (left-padded batches, cut after EOS)."""
-    base = model.base_model
+    """Prompt + greedy continuation ``[S]`` per ``[1, P]`` prompt by the causal LM ``base`` (left-padded batches,
+    cut after EOS)."""
     eos = base.generation_config.eos_token_id
     eos = set([eos] if isinstance(eos, int) else eos or [])
     pad = base.generation_config.pad_token_id
     pad = pad if pad is not None else next(iter(eos), 0)
-    device = model.lm_head.weight.device
+    device = base.get_output_embeddings().weight.device
     sequences = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="greedy continuations", unit="batch"):
         batch = [p[0] for p in prompts[start : start + batch_size]]
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = model.get_tokenizer()
     questions = load_questions(args.questions, args.limit)
     prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}]) for q in questions]
-    sequences = greedy_continuations(model, prompts, args.max_new_tokens, args.batch_size)
+    sequences = greedy_continuations(model.base_model, prompts, args.max_new_tokens, args.batch_size)
     all_hits = [head_hits(model, s, args.top_k) for s in tqdm(sequences, desc="head predictions")]
     prompt_lens = [p.shape[1] for p in prompts]
     acc = accuracies(all_hits, prompt_lens)
