@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from medusa.model import CostCurve, MedusaModel, TreePolicy, resolve_medusa_choices
 from medusa.model.candidates import COPY_CHAINS, COPY_DEPTH, copy_candidates
+from medusa.model.eos import eos_token_ids
 from medusa.model.generate import check_copy_shape
 from medusa.model.tree_policy import POLICY_FILES
 
@@ -37,8 +38,7 @@ def greedy_continuations(model: MedusaModel, prompts: list[torch.Tensor], max_ne
                          batch_size: int = 16) -> list[torch.Tensor]:
     """Prompt + greedy continuation ``[S]`` per prompt (left-padded batches, cut after EOS)."""
     base = model.base_model
-    eos = base.generation_config.eos_token_id
-    eos = set([eos] if isinstance(eos, int) else eos or [])
+    eos = eos_token_ids(base, tokenizer=model.tokenizer)
     pad = base.generation_config.pad_token_id
     pad = pad if pad is not None else next(iter(eos), 0)
     device = model.lm_head.weight.device
@@ -51,7 +51,7 @@ def greedy_continuations(model: MedusaModel, prompts: list[torch.Tensor], max_ne
         for row, p in enumerate(batch):
             ids[row, width - len(p) :], mask[row, width - len(p) :] = p, 1
         out = base.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                            do_sample=False, pad_token_id=pad, eos_token_id=list(eos) or None)
+                            do_sample=False, pad_token_id=pad, eos_token_id=eos or None)
         for row, p in enumerate(batch):
             new = out[row, width:].tolist()
             cut = next((i + 1 for i, t in enumerate(new) if t in eos), len(new))

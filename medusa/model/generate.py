@@ -17,6 +17,7 @@ from .cache_pool import CachePool
 from .candidates import COPY_CHAINS, COPY_DEPTH, copy_candidates, generate_candidates
 from .cuda_graph import GraphedStep
 from .decoding import DecodingConfig
+from .eos import eos_token_ids
 from .kv_cache import MedusaKVCache
 from .masks import model_attention_mask
 from .posterior import (POSTERIOR_ALPHA, POSTERIOR_THRESHOLD, evaluate_posterior_greedy, evaluate_posterior_lossless,
@@ -159,16 +160,6 @@ def tree_step(model: Network, buffers: TreeBuffers, cache: MedusaKVCache, root: 
     return tokens, accept_length, head_length, copy_length, next_root, _per_row(hidden, _per_row(path, accept_length))
 
 
-def _eos_ids(setup: DecodeSetup, eos_token_id) -> set[int]:
-    if eos_token_id is None:
-        eos_token_id = setup.network.base_model.generation_config.eos_token_id
-        if eos_token_id is None and setup.tokenizer is not None:
-            eos_token_id = setup.tokenizer.eos_token_id
-    if eos_token_id is None:
-        return set()
-    return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
-
-
 def _token_budget(context: int | None, prompt_len: int, tree_size: int, depth: int, max_steps: int,
                   max_new_tokens: int | None) -> int:
     """New tokens to allow, so that prompt + new tokens + one tree fit in the model's ``context`` (None: unbounded)."""
@@ -246,7 +237,7 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
         tree_policy: a :class:`~medusa.model.tree_policy.TreePolicy` (default ``setup.tree_policy``):
             the tree for each batch size from measured head accuracies and verify costs. Rows that
             finish are dropped from the batch, so the tree can grow as the batch shrinks.
-        eos_token_id: stop token(s); default the base model's generation config.
+        eos_token_id: stop token(s); None: the model's own (:func:`~medusa.model.eos.eos_token_ids`).
         generator: random generator (on the model's device) for all sampling; seed it for
             reproducible output.
         cuda_graph: replay each greedy step from a CUDA graph (default: on for CUDA models at
@@ -302,10 +293,9 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
     if adaptive is None:
         adaptive = config.sampling == "greedy" and device.type == "cpu"
     step = _compiled_tree_step(COMPILE_BACKEND) if compile_step else tree_step
-    eos = _eos_ids(setup, eos_token_id)
-    decoder = _decode(setup, trees, step, RowScheduler([p.to(device) for p in prompts], batch_size, budget, max_steps,
-                                                       eos),
-                      longest + budget + tree_size, cuda_graph, config, adaptive)
+    rows = RowScheduler([p.to(device) for p in prompts], batch_size, budget, max_steps,
+                        set(eos_token_ids(setup.network.base_model, eos_token_id, setup.tokenizer)))
+    decoder = _decode(setup, trees, step, rows, longest + budget + tree_size, cuda_graph, config, adaptive)
     yield from (_single(setup.tokenizer, decoder) if single else decoder)
 
 
