@@ -5,7 +5,7 @@
 #
 # The shipped heads (v5): DATA_BATCH=256 DATA_SHARDS=2 ... 17453 data, stopped by an out-of-memory error
 # and resumed with DATA_BATCH=160 until the next one: 8,802 + 200 conversations. Then
-# CONFIGS=shared_lm_head:3:3 EPOCHS=3 BATCH=32 ... train eval (benchmarks/RESULTS.md, fifth GPU session).
+# CONFIGS=shared_lm_head:3:3 EPOCHS=3 BATCH=32 ... train eval (benchmarks/RESULTS.md, the shipped heads v5).
 # stages: data (self-distil answers to NUM_PROMPTS prompts sampled with seed 0), train (own vs shared
 # lm_head, 3 and 5 heads), eval (head accuracy and simulated tokens/step on MT-bench first turns).
 # Default: all three. Each training run writes WORK_DIR/heads_<type>_<n>/ with training_summary.json;

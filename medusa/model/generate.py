@@ -258,9 +258,9 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
             fixed tree measured faster (benchmarks/RESULTS.md), and for sampling, so that a seeded
             generator reproduces its output (the choice depends on measured times).
         fold_gqa: for grouped-query models, attend without copying the cache per layer
-            (:mod:`medusa.model.attention`): on an H200, batch-64 greedy steps of the demo shape 38 %
-            faster, batch-1 Medusa steps ~2 % slower. Off by default: a tree policy's cost curve is
-            measured with one setting and holds only for it.
+            (:mod:`medusa.model.attention`): faster at large batches, slightly slower at batch 1
+            (benchmarks/HISTORY.md). Off by default: a tree policy's cost curve is measured with one
+            setting and holds only for it.
 
     Yields:
         For one prompt, a dict with ``text`` (whole reply so far, special tokens skipped; None
