@@ -35,7 +35,7 @@ class LocalBackend:
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(self.device).eval()
         # Plain decoding needs no heads; one shared-lm_head head adds no copy of the (vocab-sized) lm_head.
         self.model = MedusaModel(base, MedusaConfig(medusa_num_heads=1, head_type="shared_lm_head"))
-        self.context = getattr(base.config.get_text_config(), "max_position_embeddings", None) or 2**31
+        self.context = self.model.context_length or 2**31
         self.temperature, self.max_new_tokens, self.batch_size = temperature, max_new_tokens, batch_size
         self.generator = torch.Generator(self.device).manual_seed(seed)
 

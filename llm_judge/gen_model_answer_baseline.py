@@ -40,9 +40,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def make_decoder(max_new_tokens: int):
         if args.mode == "hf":
-            # The stop tokens greedy_generate uses: the generation config's, else the tokenizer's.
-            eos = model.base_model.generation_config.eos_token_id
-            return hf_decoder(model.base_model, max_new_tokens, args.temperature, tokenizer.eos_token_id if eos is None else eos)
+            return hf_decoder(model.base_model, max_new_tokens, args.temperature, tokenizer=tokenizer)
         return greedy_decoder(model, temperature=args.temperature, max_new_tokens=max_new_tokens)
 
     name = os.path.basename(os.path.normpath(args.base_model or model.config.base_model_name_or_path))

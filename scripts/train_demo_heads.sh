@@ -5,7 +5,7 @@
 #
 # The shipped heads (v5): DATA_BATCH=256 DATA_SHARDS=2 ... 17453 data, stopped by an out-of-memory error
 # and resumed with DATA_BATCH=160 until the next one: 8,802 + 200 conversations. Then
-# CONFIGS=shared_lm_head:3:3 EPOCHS=3 BATCH=32 ... train eval (benchmarks/RESULTS.md, fifth GPU session).
+# CONFIGS=shared_lm_head:3:3 EPOCHS=3 BATCH=32 ... train eval (benchmarks/RESULTS.md, the shipped heads v5).
 # The shipped heads v5 predate two fixes of the data stage: replies were cut at 512 tokens and the
 # development prompts (benchmarks/data/dev_prompts.jsonl) were not held out. Both hold now.
 # stages: data (self-distil answers to NUM_PROMPTS prompts sampled with seed 0, the development prompts

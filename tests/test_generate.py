@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from medusa.model import MedusaConfig, MedusaKVCache, MedusaModel, medusa_model
+from medusa.model import MedusaConfig, MedusaKVCache, MedusaModel, cache_pool
 from tests.fitting import fitted_medusa, greedy_reference
 from tests.tiny import ARCHS, tiny_model, tiny_tokenizer
 
@@ -233,7 +233,7 @@ def test_steps_attend_only_over_the_filled_part_of_the_cache(monkeypatch):
                         or build_mask(config, length, new_mask, positions, span, dtype))
     input_ids = prompts(100, 4)[0]
     tokens, _ = run(model, input_ids, max_new_tokens=600, max_steps=8, eos_token_id=[])
-    capacity = model._decode_caches[1].capacity
+    capacity = model.cache_pool.caches[1].capacity
     assert capacity >= 600 and spans and max(spans) == 256  # 8 steps from a short prompt stay in the first 256 slots
     assert tokens == greedy_reference(model.base_model, input_ids, len(tokens))
 
@@ -288,7 +288,7 @@ def test_a_longer_call_at_least_doubles_the_pooled_cache_up_to_the_context():
     for max_new_tokens, capacity in ((300, 512), (400, 512), (500, 1024), (900, 1024)):
         # prompt (< 24) + 500 + tree (< 64) needs 768 slots: doubling gives 1024; 2 x 1024 would pass the context
         tokens, _ = run(model, input_ids, max_new_tokens=max_new_tokens, max_steps=3, eos_token_id=[])
-        assert model._decode_caches[1].capacity == capacity
+        assert model.cache_pool.caches[1].capacity == capacity
         assert tokens == greedy_reference(model.base_model, input_ids, len(tokens))
 
 
@@ -298,15 +298,30 @@ def test_the_pooled_cache_grows_only_as_needed_when_doubling_takes_over_half_the
     model = random_heads(tiny_model("llama", seed=12), 4, "own_lm_head", seed=12)
     input_ids = prompts(102, 1)[0]
     run(model, input_ids, max_new_tokens=300, max_steps=3, eos_token_id=[])  # < 24 + 300 + 64 slots: a pool of 512
-    assert model._decode_caches[1].capacity == 512
+    assert model.cache_pool.caches[1].capacity == 512
     config = model.base_model.config
     per_slot = config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * 4  # keys and values, fp32
-    assert model._decode_caches[1].bytes_per_slot() == per_slot
+    assert model.cache_pool.caches[1].bytes_per_slot() == per_slot
     # The next call needs 600-odd slots: 768 exactly, 1024 doubled; doubling may take half the free memory.
-    monkeypatch.setattr(medusa_model, "free_memory", lambda device: 2 * 1024 * per_slot + spare)
+    monkeypatch.setattr(cache_pool, "free_memory", lambda device: 2 * 1024 * per_slot + spare)
     tokens, _ = run(model, input_ids, max_new_tokens=500, max_steps=3, eos_token_id=[])
-    assert model._decode_caches[1].capacity == capacity
+    assert model.cache_pool.caches[1].capacity == capacity
     assert tokens == greedy_reference(model.base_model, input_ids, len(tokens))
+
+
+def test_a_generation_started_while_another_holds_the_pooled_cache_gets_its_own():
+    model = random_heads(tiny_model("llama", seed=13), 3, "own_lm_head", seed=13)  # fresh pool
+    first, second = prompts(103, 2)
+    stream = model.medusa_generate(first, max_new_tokens=NEW_TOKENS, eos_token_id=[], adaptive=False)
+    started = next(stream)["new_token_ids"]  # the stream now holds the pool's batch-1 cache
+    pooled = model.cache_pool.caches[1]
+    assert pooled.in_use
+    interleaved, _ = run(model, second, max_new_tokens=NEW_TOKENS, eos_token_id=[])
+    assert model.cache_pool.caches == {1: pooled} and pooled.in_use  # the second call left the pool alone
+    tokens = started + [t for out in stream for t in out["new_token_ids"]]
+    assert not pooled.in_use
+    assert tokens == greedy_reference(model.base_model, first, NEW_TOKENS)
+    assert interleaved == greedy_reference(model.base_model, second, NEW_TOKENS)
 
 
 @pytest.mark.parametrize("tree, batch_size, count", [(None, 3, 9), ("none", 3, 9), (None, 16, 40)])

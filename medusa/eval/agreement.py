@@ -8,13 +8,15 @@ the mean per-token KL(original ‖ fine-tuned), overall and per question categor
 
 import argparse
 import json
+import os
 from collections import defaultdict
 
 import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
-from medusa.model import MedusaModel
+from medusa.model import MedusaModel, checkpoint
+from medusa.model.lora import is_adapter
 
 from .answer_cli import main_guard
 from .heads_accuracy import greedy_continuations
@@ -63,15 +65,18 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(f"--{name.replace('_', '-')} must be at least 1.")
 
     dtype = {"auto": torch.bfloat16 if args.device.startswith("cuda") else torch.float32}.get(args.dtype) or getattr(torch, args.dtype)
-    tuned = MedusaModel.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
-    original_path = args.original_model or tuned.config.base_model_name_or_path
-    if tuned.adapter is None and not args.original_model:
+    has_adapter = is_adapter(os.path.join(args.model, checkpoint.ADAPTER_DIR))
+    if not has_adapter and not args.original_model:
         parser.error(f"{args.model} holds no LoRA adapter: pass the original model with --original-model.")
+    # A LoRA checkpoint's backbone is the original plus the adapter: --original-model is its base too.
+    tuned = MedusaModel.from_pretrained(args.model, base_model=args.original_model if has_adapter else None,
+                                        dtype=dtype).to(args.device).eval()
+    original_path = args.original_model or tuned.config.base_model_name_or_path
     original = AutoModelForCausalLM.from_pretrained(original_path, dtype=dtype).to(args.device).eval()
     tokenizer = tuned.get_tokenizer()
     questions = load_questions(args.questions, args.limit)
     prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}]) for q in questions]
-    sequences = greedy_continuations(original, prompts, args.max_new_tokens, args.batch_size)
+    sequences = greedy_continuations(original, prompts, args.max_new_tokens, args.batch_size, tokenizer)
     counts = defaultdict(lambda: [0, 0, 0.0])
     for question, prompt, sequence in tqdm(list(zip(questions, prompts, sequences)), desc="teacher-forced"):
         figures = answer_agreement(original, tuned.base_model, sequence, prompt.shape[1])

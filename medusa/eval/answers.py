@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ..jsonl import jsonl_lines
+from ..model.eos import eos_token_ids
 from .questions import render_chat
 
 Decoder = Callable[[torch.Tensor], tuple[list[int], int]]
@@ -44,18 +45,21 @@ def greedy_decoder(model, **generate_kwargs) -> Decoder:
     return lambda input_ids: drain(model.greedy_generate(input_ids, **generate_kwargs))
 
 
-def hf_decoder(base_model, max_new_tokens: int, temperature: float = 0.0, eos_token_id=None) -> Decoder:
-    """Hugging Face ``generate()`` on the base model; one step per new token, cut after the first EOS."""
-    eos = eos_token_id if eos_token_id is not None else base_model.generation_config.eos_token_id
-    eos_ids = set([eos] if isinstance(eos, int) else eos or [])
+def hf_decoder(base_model, max_new_tokens: int, temperature: float = 0.0, eos_token_id=None, tokenizer=None) -> Decoder:
+    """Hugging Face ``generate()`` on the base model; one step per new token, cut after the first EOS.
+
+    ``eos_token_id``, ``tokenizer``: the stop tokens, read as the decode loop reads them
+    (:func:`~medusa.model.eos.eos_token_ids`).
+    """
+    eos = eos_token_ids(base_model, eos_token_id, tokenizer)
     sample = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else {"do_sample": False}
 
     @torch.inference_mode()
     def decode(input_ids: torch.Tensor) -> tuple[list[int], int]:
         out = base_model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-                                  eos_token_id=eos, pad_token_id=next(iter(eos_ids), None), **sample)
+                                  eos_token_id=eos or None, pad_token_id=next(iter(eos), None), **sample)
         tokens = out[0, input_ids.shape[1]:].tolist()
-        end = next((i + 1 for i, t in enumerate(tokens) if t in eos_ids), len(tokens))
+        end = next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))
         return tokens[:end], end
 
     return decode

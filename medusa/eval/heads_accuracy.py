@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from medusa.model import CostCurve, MedusaModel, TreePolicy, resolve_medusa_choices
 from medusa.model.candidates import COPY_CHAINS, COPY_DEPTH, copy_candidates
+from medusa.model.eos import eos_token_ids
 from medusa.model.generate import check_copy_shape
 from medusa.model.tree_policy import POLICY_FILES
 
@@ -33,12 +34,11 @@ POLICY_BATCH_SIZES = (1, 4, 16, 64)  # reported with --cost-curve
 
 
 @torch.inference_mode()
-def greedy_continuations(base, prompts: list[torch.Tensor], max_new_tokens: int,
-                         batch_size: int = 16) -> list[torch.Tensor]:
+def greedy_continuations(base, prompts: list[torch.Tensor], max_new_tokens: int, batch_size: int = 16,
+                         tokenizer=None) -> list[torch.Tensor]:
     """Prompt + greedy continuation ``[S]`` per ``[1, P]`` prompt by the causal LM ``base`` (left-padded batches,
-    cut after EOS)."""
-    eos = base.generation_config.eos_token_id
-    eos = set([eos] if isinstance(eos, int) else eos or [])
+    cut after EOS: the generation config's, else ``tokenizer``'s)."""
+    eos = eos_token_ids(base, tokenizer=tokenizer)
     pad = base.generation_config.pad_token_id
     pad = pad if pad is not None else next(iter(eos), 0)
     device = base.get_output_embeddings().weight.device
@@ -51,7 +51,7 @@ def greedy_continuations(base, prompts: list[torch.Tensor], max_new_tokens: int,
         for row, p in enumerate(batch):
             ids[row, width - len(p) :], mask[row, width - len(p) :] = p, 1
         out = base.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                            do_sample=False, pad_token_id=pad, eos_token_id=list(eos) or None)
+                            do_sample=False, pad_token_id=pad, eos_token_id=eos or None)
         for row, p in enumerate(batch):
             new = out[row, width:].tolist()
             cut = next((i + 1 for i, t in enumerate(new) if t in eos), len(new))
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = model.get_tokenizer()
     questions = load_questions(args.questions, args.limit)
     prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}]) for q in questions]
-    sequences = greedy_continuations(model.base_model, prompts, args.max_new_tokens, args.batch_size)
+    sequences = greedy_continuations(model.base_model, prompts, args.max_new_tokens, args.batch_size, tokenizer)
     all_hits = [head_hits(model, s, args.top_k) for s in tqdm(sequences, desc="head predictions")]
     prompt_lens = [p.shape[1] for p in prompts]
     acc = accuracies(all_hits, prompt_lens)

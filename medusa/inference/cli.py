@@ -26,6 +26,7 @@ from ..model import CheckpointError, MedusaModel, presets
 from ..model.checkpoint import is_full_model, read_config
 from ..model.medusa_model import default_dtype
 from ..model.candidates import COPY_DEPTH
+from ..model.eos import eos_token_ids
 from ..model.generate import check_copy_shape
 from ..model.sampling import resolve_sampling
 from .chat_io import STYLES
@@ -186,9 +187,8 @@ class Chat:
     def __init__(self, model: MedusaModel, args, chatio):
         self.model, self.args, self.io = model, args, chatio
         self.conv = Conversation(args.conv_system_msg, conversation_template(model, args.conv_template))
-        eos = model.base_model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        self.eos = eos + [t for t in self.conv.stop_token_ids if t not in eos] or None
+        eos = eos_token_ids(model.base_model, tokenizer=model.tokenizer)
+        self.eos = eos + [t for t in self.conv.stop_token_ids if t not in eos]
         self.gen_kwargs = dict(temperature=args.temperature, sampling=args.sampling, top_k=args.top_k, top_p=args.top_p,
                                max_steps=args.max_steps,
                                max_new_tokens=args.max_new_tokens, medusa_choices=args.medusa_choices,

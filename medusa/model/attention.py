@@ -7,11 +7,11 @@ model at batch 1 it is ~60 copy kernels per step. Here the G query heads that sh
 are folded into the query length instead, and the mask is tiled to match, so SDPA reads the cache as
 it is. The result is exact: every (head, query) row sees the same keys, values and mask row as before.
 
-It pays only where the copy is large. On an H200 (benchmarks/RESULTS.md: 135M shape, 300-token
-prompts) it made a batch-64 greedy step 38 % faster, but a batch-1 Medusa step ~2 % slower (tiling
-the mask and copying the query cost more launches than the small copy saved). Below
-``FOLD_MIN_BYTES`` of copy per layer (between the two measured points: batch 1 copies 0.8 MB, batch 64
-50 MB; not tuned) Hugging Face's path runs. So does a forward whose tiled mask would outweigh the copy,
+It pays only where the copy is large: measured on a GPU (benchmarks/HISTORY.md, third GPU session),
+it made a large-batch greedy step much faster but a batch-1 Medusa step slightly slower (tiling the
+mask and copying the query cost more launches than the small copy saved). Below ``FOLD_MIN_BYTES`` of
+copy per layer (between the two measured points: batch 1 copies 0.8 MB, batch 64 50 MB; not tuned)
+Hugging Face's path runs. So does a forward whose tiled mask would outweigh the copy,
 ``q >= 2 * head_dim * kv_heads`` for same-size elements: a prompt. Tiling a batch of long prompts' masks
 had taken tens of GB during data generation on the H200.
 

@@ -1,17 +1,23 @@
 """The Medusa decode loop: prefill, then tree steps until EOS or the token limit (docs/design.md, "The decode step")."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 import time
 from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
 from functools import cache, partial
+from typing import Protocol
 
 import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .adaptive import AcceptanceFollower, draft_levels
+from .adaptive import AcceptanceFollower, StepTimes, draft_levels
 from .attention import grouped_query_attention
+from .cache_pool import CachePool
 from .candidates import COPY_CHAINS, COPY_DEPTH, copy_candidates, generate_candidates
 from .cuda_graph import GraphedStep
 from .decoding import DecodingConfig
+from .eos import eos_token_ids
 from .kv_cache import MedusaKVCache
 from .masks import model_attention_mask
 from .posterior import (POSTERIOR_ALPHA, POSTERIOR_THRESHOLD, evaluate_posterior_greedy, evaluate_posterior_lossless,
@@ -19,9 +25,52 @@ from .posterior import (POSTERIOR_ALPHA, POSTERIOR_THRESHOLD, evaluate_posterior
 from .sampling import choose_root
 from .scheduler import RowScheduler
 from .tree import TreeBuffers
+from .tree_policy import TreePolicy
 
 
-def _forward(model, tokens: torch.Tensor, new_mask: torch.Tensor, positions: torch.Tensor, cache: MedusaKVCache,
+class Network(Protocol):
+    """The forward passes a decode step runs (a :class:`~medusa.model.MedusaModel` is one)."""
+
+    @property
+    def base_model(self) -> PreTrainedModel: ...
+
+    @property
+    def lm_head(self) -> nn.Module: ...
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                      cache: MedusaKVCache) -> torch.Tensor: ...
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class DecodeSetup:
+    """What the decode loop uses of a model besides its forward passes; the model hands one to each generation.
+
+    Args:
+        network: the forward passes.
+        tree_buffers: ``(medusa_choices, copy_chains, copy_depth) -> TreeBuffers`` (None choices: the
+            model's default tree; ``"none"``: no head nodes).
+        tree_policy: the tree for each batch size where generation names none (None: the default tree).
+        pool: decode caches and CUDA graphs kept between generations.
+        step_times: step times measured on this device, for trees that follow acceptance.
+        tokenizer: decodes a single prompt's stream (None: no text) and names its EOS when the base
+            model's generation config does not.
+        context: the base model's context in tokens (None: unbounded).
+    """
+
+    network: Network
+    tree_buffers: Callable[..., TreeBuffers]
+    tree_policy: TreePolicy | None
+    pool: CachePool
+    step_times: StepTimes
+    tokenizer: PreTrainedTokenizerBase | None
+    context: int | None
+
+
+def _forward(model: Network, tokens: torch.Tensor, new_mask: torch.Tensor, positions: torch.Tensor, cache: MedusaKVCache,
              fold_gqa: bool = False):
     """Run ``tokens`` ``[batch, q]`` at ``positions`` ``[batch, q]`` into the cache; returns hidden states ``[batch, q, d]``.
 
@@ -39,7 +88,7 @@ def _per_row(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return tensor[torch.arange(tensor.shape[0], device=tensor.device), index]
 
 
-def tree_step(model, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Tensor, hidden: torch.Tensor,
+def tree_step(model: Network, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Tensor, hidden: torch.Tensor,
               active: torch.Tensor, config: DecodingConfig, split_lengths: bool = False):
     """One Medusa step for a batch: verify every row's tree in one forward, accept a path per row, compact the cache.
 
@@ -111,19 +160,10 @@ def tree_step(model, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Ten
     return tokens, accept_length, head_length, copy_length, next_root, _per_row(hidden, _per_row(path, accept_length))
 
 
-def _eos_ids(model, eos_token_id) -> set[int]:
-    if eos_token_id is None:
-        eos_token_id = model.base_model.generation_config.eos_token_id
-        if eos_token_id is None and model.tokenizer is not None:
-            eos_token_id = model.tokenizer.eos_token_id
-    if eos_token_id is None:
-        return set()
-    return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
-
-
-def _token_budget(model, prompt_len: int, tree_size: int, depth: int, max_steps: int, max_new_tokens: int | None) -> int:
-    """New tokens to allow, so that prompt + new tokens + one tree fit in the model's context."""
-    context = getattr(model.base_model.config.get_text_config(), "max_position_embeddings", None) or 2**31
+def _token_budget(context: int | None, prompt_len: int, tree_size: int, depth: int, max_steps: int,
+                  max_new_tokens: int | None) -> int:
+    """New tokens to allow, so that prompt + new tokens + one tree fit in the model's ``context`` (None: unbounded)."""
+    context = context or 2**31
     room = context - prompt_len - tree_size
     if max_new_tokens is None:
         max_new_tokens = max_steps * (depth + 1)
@@ -165,7 +205,7 @@ def _prompt_list(input_ids) -> tuple[list[torch.Tensor], bool]:
 
 
 @torch.inference_mode()
-def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int = 512,
+def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max_steps: int = 512,
                     max_new_tokens: int | None = None, medusa_choices=None,
                     posterior_threshold: float = POSTERIOR_THRESHOLD, posterior_alpha: float = POSTERIOR_ALPHA,
                     eos_token_id: int | list[int] | None = None,
@@ -177,7 +217,7 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
     """Generate with Medusa heads, yielding after every step.
 
     Args:
-        model: a :class:`~medusa.model.MedusaModel`.
+        setup: what the loop uses of the model (``MedusaModel.medusa_generate`` passes its own).
         input_ids: ``[1, prompt_len]`` for one streamed prompt; ``[batch, prompt_len]`` or a list of
             1-D token id sequences (any lengths) for a batch, each row decoded as if alone.
         batch_size: most prompts decoded at once (default: all). With more prompts than that, a
@@ -194,10 +234,10 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
         medusa_choices: the tree at every batch size (preset name, JSON string, JSON file, list of
             paths, ``"none"`` for no speculation: the library's plain greedy loop). None: the tree
             policy's choice for the current batch size, else the default preset.
-        tree_policy: a :class:`~medusa.model.tree_policy.TreePolicy` (default ``model.tree_policy``):
+        tree_policy: a :class:`~medusa.model.tree_policy.TreePolicy` (default ``setup.tree_policy``):
             the tree for each batch size from measured head accuracies and verify costs. Rows that
             finish are dropped from the batch, so the tree can grow as the batch shrinks.
-        eos_token_id: stop token(s); default the base model's generation config.
+        eos_token_id: stop token(s); None: the model's own (:func:`~medusa.model.eos.eos_token_ids`).
         generator: random generator (on the model's device) for all sampling; seed it for
             reproducible output.
         cuda_graph: replay each greedy step from a CUDA graph (default: on for CUDA models at
@@ -218,9 +258,9 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
             fixed tree measured faster (benchmarks/RESULTS.md), and for sampling, so that a seeded
             generator reproduces its output (the choice depends on measured times).
         fold_gqa: for grouped-query models, attend without copying the cache per layer
-            (:mod:`medusa.model.attention`): on an H200, batch-64 greedy steps of the demo shape 38 %
-            faster, batch-1 Medusa steps ~2 % slower. Off by default: a tree policy's cost curve is
-            measured with one setting and holds only for it.
+            (:mod:`medusa.model.attention`): faster at large batches, slightly slower at batch 1
+            (benchmarks/HISTORY.md). Off by default: a tree policy's cost curve is measured with one
+            setting and holds only for it.
 
     Yields:
         For one prompt, a dict with ``text`` (whole reply so far, special tokens skipped; None
@@ -237,12 +277,12 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
     batch_size = min(batch_size or len(prompts), len(prompts))
     config = DecodingConfig(temperature, sampling, top_k, top_p, posterior_threshold, posterior_alpha, generator, fold_gqa)
     check_copy_shape(copy_chains, copy_depth)
-    trees = _tree_chooser(model, medusa_choices, tree_policy, copy_chains, copy_depth)
+    trees = _tree_chooser(setup, medusa_choices, tree_policy, copy_chains, copy_depth)
     used = [trees(n) for n in range(1, batch_size + 1)]  # every batch size the rows can shrink to
     tree_size, depth = max(b.num_nodes for b in used), max(b.depth for b in used)
     longest = max(p.shape[0] for p in prompts)
-    budget = _token_budget(model, longest, tree_size, depth, max_steps, max_new_tokens)
-    device = model.lm_head.weight.device
+    budget = _token_budget(setup.context, longest, tree_size, depth, max_steps, max_new_tokens)
+    device = setup.network.lm_head.weight.device
     if cuda_graph is None:
         cuda_graph = device.type == "cuda" and config.sampling == "greedy"
     if cuda_graph and (device.type != "cuda" or config.sampling != "greedy"):
@@ -253,10 +293,10 @@ def medusa_generate(model, input_ids, temperature: float = 0.0, max_steps: int =
     if adaptive is None:
         adaptive = config.sampling == "greedy" and device.type == "cpu"
     step = _compiled_tree_step(COMPILE_BACKEND) if compile_step else tree_step
-    decoder = _decode(model, trees, step, RowScheduler([p.to(device) for p in prompts], batch_size, budget, max_steps,
-                                                       _eos_ids(model, eos_token_id)),
-                      longest + budget + tree_size, cuda_graph, config, adaptive)
-    yield from (_single(model.tokenizer, decoder) if single else decoder)
+    rows = RowScheduler([p.to(device) for p in prompts], batch_size, budget, max_steps,
+                        set(eos_token_ids(setup.network.base_model, eos_token_id, setup.tokenizer)))
+    decoder = _decode(setup, trees, step, rows, longest + budget + tree_size, cuda_graph, config, adaptive)
+    yield from (_single(setup.tokenizer, decoder) if single else decoder)
 
 
 COMPILE_BACKEND = "inductor"
@@ -289,14 +329,14 @@ def check_copy_shape(copy_chains: int | None, copy_depth: int) -> None:
         raise ValueError("copy_depth must be at least 1 when copy_chains > 0.")
 
 
-def _tree_chooser(model, medusa_choices, tree_policy, copy_chains: int | None, copy_depth: int):
+def _tree_chooser(setup: DecodeSetup, medusa_choices, tree_policy, copy_chains: int | None, copy_depth: int):
     """``batch_size -> TreeBuffers``: the fixed tree, else the policy's, else the default tree; with the copy
     branches (by default, beside head nodes only: ``"none"`` stays plain decoding)."""
-    policy = tree_policy or model.tree_policy
+    policy = tree_policy or setup.tree_policy
 
     def buffers(choices):
         chains = (0 if choices == "none" else COPY_CHAINS) if copy_chains is None else copy_chains
-        return model.tree_buffers(choices, chains, copy_depth if chains else 0)
+        return setup.tree_buffers(choices, chains, copy_depth if chains else 0)
 
     if medusa_choices is not None or policy is None:
         return lambda batch_size: buffers(medusa_choices)
@@ -319,7 +359,7 @@ def _single(tokenizer, decoder: Iterator[list[dict]]) -> Iterator[dict]:
                "num_new_tokens": row["num_new_tokens"]}
 
 
-def prefill(model, prompts: list[torch.Tensor], cache: MedusaKVCache, fold_gqa: bool = False) -> torch.Tensor:
+def prefill(model: Network, prompts: list[torch.Tensor], cache: MedusaKVCache, fold_gqa: bool = False) -> torch.Tensor:
     """Run the prompts (1-D, any lengths) into an empty cache of ``len(prompts)`` rows in one right-padded forward.
 
     Returns the hidden state at each prompt's last token, ``[batch, d]``; the cache then holds each
@@ -339,36 +379,37 @@ def prefill(model, prompts: list[torch.Tensor], cache: MedusaKVCache, fold_gqa: 
     return hidden
 
 
-def _levels(model, trees, batch_size: int, adaptive: bool) -> list[TreeBuffers]:
+def _levels(setup: DecodeSetup, trees, batch_size: int, adaptive: bool) -> list[TreeBuffers]:
     """The trees a step at ``batch_size`` rows may verify, smallest first (:mod:`medusa.model.adaptive`)."""
     full = trees(batch_size)
-    return draft_levels(full, model.tree_buffers) if adaptive else [full]
+    return draft_levels(full, setup.tree_buffers) if adaptive else [full]
 
 
-def _decode(model, trees, step_fn, rows: RowScheduler, capacity: int, cuda_graph: bool, config: DecodingConfig,
+def _decode(setup: DecodeSetup, trees, step_fn, rows: RowScheduler, capacity: int, cuda_graph: bool, config: DecodingConfig,
             adaptive: bool) -> Iterator[list[dict | None]]:
     """Prefill the first ``rows.batch_size`` prompts in one right-padded forward, then batched steps; rows that
     finish take the next waiting prompts, and once none wait, leave the batch. See :func:`medusa_generate`."""
     device = rows.prompts[0].device
+    network = setup.network
 
     def start(cache: MedusaKVCache):
         """Prefill the next ``cache.batch_size`` waiting prompts into ``cache``: (their indices, roots, hidden states)."""
         new = rows.take(cache.batch_size)
-        hidden = prefill(model, [rows.prompts[i] for i in new], cache, config.fold_gqa)
-        return new, choose_root(model.lm_logits(hidden), config.temperature, config.top_k, config.top_p,
+        hidden = prefill(network, [rows.prompts[i] for i in new], cache, config.fold_gqa)
+        return new, choose_root(network.lm_logits(hidden), config.temperature, config.top_k, config.top_p,
                                 config.generator), hidden
 
     with ExitStack() as stack:
-        cache, graphs = stack.enter_context(model.decode_cache(capacity, rows.batch_size))
+        cache, graphs = stack.enter_context(setup.pool.take(capacity, rows.batch_size))
         rows.rows, root, hidden = start(cache)
-        levels = _levels(model, trees, cache.batch_size, adaptive)
-        follower = AcceptanceFollower(levels, model.step_times, cache.batch_size)
+        levels = _levels(setup, trees, cache.batch_size, adaptive)
+        follower = AcceptanceFollower(levels, setup.step_times, cache.batch_size)
         active = torch.ones(cache.batch_size, dtype=torch.bool, device=device)
         while True:
             live = [r for r, i in enumerate(rows.rows) if i is not None]
             level = follower.choose(cache.batch_size, live) if len(levels) > 1 else 0
             buffers = levels[level]
-            step = partial(step_fn, model, buffers, cache, config=config, split_lengths=len(levels) > 1)
+            step = partial(step_fn, network, buffers, cache, config=config, split_lengths=len(levels) > 1)
             cache.check_capacity(buffers.num_nodes)
             span = cache.fit_span(buffers.num_nodes)
             if cuda_graph:  # one graph per step function, tree, span, attention and split: a few per generation
@@ -381,7 +422,7 @@ def _decode(model, trees, step_fn, rows: RowScheduler, capacity: int, cuda_graph
             host = torch.cat([accept_length[:, None], head_length[:, None], copy_length[:, None], tokens], dim=1)
             host = host.tolist()  # the step's one host sync
             if len(levels) > 1:
-                model.step_times.record(cache.batch_size, buffers, time.perf_counter() - started)
+                setup.step_times.record(cache.batch_size, buffers, time.perf_counter() - started)
                 follower.update(level, live, [h[1] for h in host], [h[2] for h in host])
             report, finished = rows.record([[h[0]] + h[3:] for h in host])
             yield report
@@ -391,7 +432,7 @@ def _decode(model, trees, step_fn, rows: RowScheduler, capacity: int, cuda_graph
                 free = rows.rows_to_refill()
                 if free:  # prefill waiting prompts apart, then copy them into the free rows
                     longest = max(rows.prompts[i].shape[0] for i in rows.waiting[-len(free):])
-                    fresh = MedusaKVCache.for_model(model.base_model, longest, len(free))
+                    fresh = setup.pool.new_cache(longest, len(free))
                     new, fresh_root, fresh_hidden = start(fresh)
                     index = torch.tensor(free, device=device)
                     fresh.copy_rows_to(cache, torch.arange(len(free), device=device), index)
@@ -403,11 +444,11 @@ def _decode(model, trees, step_fn, rows: RowScheduler, capacity: int, cuda_graph
                 keep = rows.rows_to_keep()
                 if keep is not None:  # drop finished rows into a smaller cache
                     index = torch.tensor(keep, device=device)
-                    smaller, graphs = stack.enter_context(model.decode_cache(capacity, len(keep)))
+                    smaller, graphs = stack.enter_context(setup.pool.take(capacity, len(keep)))
                     cache.copy_rows_to(smaller, index)
                     cache, root, hidden = smaller, root[index], hidden[index]
                     rows.rows = [rows.rows[r] for r in keep]
-                    levels = _levels(model, trees, cache.batch_size, adaptive)
+                    levels = _levels(setup, trees, cache.batch_size, adaptive)
                     follower = follower.resized(levels, keep)
                 active = torch.tensor(rows.active(), device=device)
             cache.host_length = rows.longest()

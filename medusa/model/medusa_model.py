@@ -2,7 +2,6 @@
 
 import inspect
 import os
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -10,10 +9,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from . import checkpoint
 from .adaptive import StepTimes
+from .cache_pool import CachePool
 from .config import MedusaConfig
-from .generate import medusa_generate
+from .generate import DecodeSetup, medusa_generate
 from .heads import MedusaHeads
-from .kv_cache import MedusaKVCache, free_memory, round_up_to_block
+from .kv_cache import MedusaKVCache
 from .lora import LoraAdapter, is_adapter
 from .medusa_choices import resolve_medusa_choices
 from .tree import TreeBuffers, generate_medusa_buffers
@@ -77,8 +77,7 @@ class MedusaModel(nn.Module):
         self._cache_kwarg = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
         self._softcap = getattr(text_config, "final_logit_softcapping", None)
         self._trees: dict[tuple, TreeBuffers] = {}
-        self._decode_caches: dict[int, MedusaKVCache] = {}
-        self._graphs: dict[int, dict[tuple, object]] = {}
+        self.cache_pool = CachePool(base_model, self.context_length)  # decode caches and graphs kept between calls
         self.tree_policy = None
         self.step_times = StepTimes()  # measured once per process, for trees that follow acceptance
         self.default_medusa_choices = None  # the tree used when generation names none and there is no policy
@@ -180,6 +179,11 @@ class MedusaModel(nn.Module):
                            use_cache=cache is not None, **{self._cache_kwarg: cache})
         return out.last_hidden_state
 
+    @property
+    def context_length(self) -> int | None:
+        """The base model's context in tokens (``max_position_embeddings``); None where its config names none."""
+        return getattr(self.base_model.config.get_text_config(), "max_position_embeddings", None)
+
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Base logits ``[..., V]`` from hidden states ``[..., d]`` (with the model's logit soft-capping)."""
         logits = self.lm_head(hidden)
@@ -211,49 +215,14 @@ class MedusaModel(nn.Module):
             self._trees[key] = generate_medusa_buffers(tree, device, copy_chains, copy_depth)
         return self._trees[key]
 
-    @contextmanager
-    def decode_cache(self, capacity: int, batch_size: int = 1):
-        """A zero-length KV cache of ``batch_size`` rows and at least ``capacity`` slots, and the CUDA graphs captured on it.
-
-        Kept for reuse, one per batch size (capacity rounded up to a slot block and shared by
-        all, so graphs are captured once for many prompts and rows can move between batch sizes); a
-        call made while another generation holds that cache gets a private one. A call longer than
-        the pool moves every batch size to at least twice the capacity (at most the model's context),
-        so a workload of growing prompts drops and recaptures its graphs only a few times. It grows
-        to just ``capacity`` instead when the doubled cache would take more than half the memory free
-        on its device: doubling a large batch near the context can double a run's footprint.
-        """
-        pooled = list(self._decode_caches.values())
-        if pooled and pooled[0].capacity < capacity:
-            context = getattr(self.base_model.config.get_text_config(), "max_position_embeddings", None) or capacity
-            doubled = round_up_to_block(min(2 * pooled[0].capacity, context))
-            doubled_bytes = pooled[0].bytes_per_slot() * batch_size * doubled
-            device = pooled[0].buffer.device
-            del pooled  # the old buffers count as free once the pool lets them go
-            self._decode_caches, self._graphs = {}, {}
-            free = free_memory(device)
-            if free is None or doubled_bytes <= free // 2:
-                capacity = max(capacity, doubled)
-        capacity = max([round_up_to_block(capacity)] + [c.capacity for c in self._decode_caches.values()])
-        cache = self._decode_caches.get(batch_size)
-        if cache is not None and cache.in_use:
-            cache = MedusaKVCache.for_model(self.base_model, capacity, batch_size)
-            cache.in_use = True
-            yield cache, {}
-            return
-        if cache is None:
-            cache = self._decode_caches[batch_size] = MedusaKVCache.for_model(self.base_model, capacity, batch_size)
-            self._graphs[batch_size] = {}
-        cache.reset()
-        cache.in_use = True
-        try:
-            yield cache, self._graphs[batch_size]
-        finally:
-            cache.in_use = False
+    def decode_setup(self) -> DecodeSetup:
+        """What the decode loop uses of this model, as it stands now (policy, tokenizer and step times may be replaced)."""
+        return DecodeSetup(self, self.tree_buffers, self.tree_policy, self.cache_pool, self.step_times, self.tokenizer,
+                           self.context_length)
 
     def medusa_generate(self, input_ids: torch.Tensor, **kwargs):
         """Streaming Medusa generation; see :func:`medusa.model.generate.medusa_generate`."""
-        return medusa_generate(self, input_ids, **kwargs)
+        return medusa_generate(self.decode_setup(), input_ids, **kwargs)
 
     def generate(self, prompts, **kwargs) -> list[list[int]]:
         """Decode a batch without streaming: the new token ids of each prompt (a list of 1-D id sequences or ``[batch, len]``).
@@ -262,7 +231,7 @@ class MedusaModel(nn.Module):
         continuous batching of many prompts).
         """
         outputs = [[] for _ in prompts]
-        for rows in medusa_generate(self, list(prompts), **kwargs):
+        for rows in self.medusa_generate(list(prompts), **kwargs):
             for output, row in zip(outputs, rows):
                 if row is not None:
                     output += row["new_token_ids"]
@@ -270,4 +239,4 @@ class MedusaModel(nn.Module):
 
     def greedy_generate(self, input_ids: torch.Tensor, **kwargs):
         """Plain greedy decoding, one token per step, on the same cache and graph machinery (the baseline)."""
-        return medusa_generate(self, input_ids, medusa_choices="none", copy_chains=0, **kwargs)
+        return self.medusa_generate(input_ids, medusa_choices="none", copy_chains=0, **kwargs)
