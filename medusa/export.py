@@ -4,8 +4,8 @@
                             [--overwrite]
 
 ``--model`` is anything :meth:`medusa.model.MedusaModel.from_pretrained` reads (ours, FasterDecoding
-heads-only ``.pt``/``.safetensors``, FasterDecoding full model, "version 2"). Only the head tensors are
-read; the base model is touched only to materialise per-head lm_heads for "version 2" heads, and then
+heads-only ``.pt``/``.safetensors``, FasterDecoding full model, "version 2", Medusa-2). For Medusa-1 heads only
+the head tensors are read; the base model is touched only to materialise per-head lm_heads for "version 2" heads, and then
 only its lm_head tensor is read from its safetensors when the file layout allows it.
 
 What each format writes:
@@ -30,6 +30,19 @@ What each format writes:
 Engines that need an lm_head per head (FasterDecoding, TensorRT-LLM, TGI with more than one layer per
 head) get "version 2" heads with the base lm_head copied into every head, and the export says so.
 Every export carries ``base_model_name_or_path``.
+
+A Medusa-2 checkpoint (heads + the backbone's LoRA adapter in ``adapter/``) had its heads trained on the
+fine-tuned backbone, so the engine must serve that backbone, not the base: the export merges the adapter
+into the base model (``--base-model``, else the one the config names) in the base's own dtype and writes
+
+- ``vllm``, ``tgi``, ``trtllm``: ``backbone/`` (the merged model, ``save_pretrained`` with its tokenizer: a
+  plain Hugging Face model) and ``heads/`` (the format above, its ``base_model_name_or_path`` the absolute
+  path of ``backbone/``). vLLM serves ``backbone/`` with ``heads/`` as the speculative model; TGI serves
+  ``heads/`` and loads the base it names; TensorRT-LLM converts ``--model_dir backbone/ --medusa_model_dir heads/``.
+- ``fasterdecoding``: one full model, the layout FasterDecoding's ``MedusaModel.from_pretrained`` reads when
+  ``config.json`` has a ``model_type``: the merged weights plus ``medusa_head.{i}.{j}.linear.*`` /
+  ``medusa_head.{i}.{L}.weight`` (an lm_head per head), ``medusa_num_heads`` and ``medusa_num_layers`` in
+  the config, and the tokenizer. Its ``MedusaModel`` serves Llama and Mistral models only; others are refused.
 """
 
 import argparse
@@ -45,17 +58,22 @@ from dataclasses import dataclass
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from .model import checkpoint
+from . import demo
+from .model import MedusaModel, checkpoint
 from .model.checkpoint import CheckpointError
 from .model.config import MedusaConfig
 from .model.heads import MedusaHeads
+from .model.lora import is_adapter
 from .model.medusa_choices import resolve_medusa_choices
 
 logger = logging.getLogger(__name__)
 
 _RESBLOCK_WEIGHT = re.compile(r"^\d+\.\d+\.linear\.weight$")
+BACKBONE_DIR = "backbone"  # Medusa-2 exports: the merged backbone, a plain Hugging Face model with its tokenizer
+HEADS_DIR = "heads"  # Medusa-2 exports: the heads in the engine's layout, naming BACKBONE_DIR as their base
+FASTERDECODING_MODEL_TYPES = ("llama", "mistral")  # the architectures FasterDecoding's MedusaModel dispatches to
 
 
 @dataclass
@@ -111,12 +129,14 @@ def load_heads_checkpoint(path: str, base_model: str | None = None) -> HeadsChec
     return HeadsCheckpoint(config, state_dict)
 
 
-def base_lm_head_weight(base_model: str) -> torch.Tensor:
-    """The base model's output embedding ``[V, d]``, read from a local model directory.
+def base_lm_head_weight(base_model: str | PreTrainedModel) -> torch.Tensor:
+    """The base model's output embedding ``[V, d]``, from a loaded model or a local model directory.
 
-    Reads only that tensor from the model's safetensors (tied embeddings included, found by the
-    parameter names the architecture gives it); loads the whole model only when that fails.
+    From a directory it reads only that tensor from the model's safetensors (tied embeddings included,
+    found by the parameter names the architecture gives it); loads the whole model only when that fails.
     """
+    if isinstance(base_model, PreTrainedModel):
+        return base_model.get_output_embeddings().weight.detach()
     if not base_model or not os.path.isdir(base_model):
         raise CheckpointError(
             f"Materialising per-head lm_heads needs the base model's lm_head, but the base model {base_model!r} is "
@@ -143,7 +163,7 @@ def base_lm_head_weight(base_model: str) -> torch.Tensor:
     return AutoModelForCausalLM.from_pretrained(base_model).get_output_embeddings().weight.detach()
 
 
-def _with_own_lm_heads(heads: HeadsCheckpoint, base_model: str | None, engine: str, why: str,
+def _with_own_lm_heads(heads: HeadsCheckpoint, base_model: str | PreTrainedModel | None, engine: str, why: str,
                        notes: list[str]) -> dict[str, torch.Tensor]:
     """Heads-only state dict with an lm_head per head; "version 2" heads get copies of the base lm_head."""
     if not heads.config.shared_lm_head:
@@ -194,12 +214,28 @@ def export_fasterdecoding(heads: HeadsCheckpoint, output: str, base_model: str |
         _save_safetensors(state, os.path.join(output, checkpoint.HEADS_SAFETENSORS))
     else:
         torch.save({k: v.contiguous() for k, v in state.items()}, os.path.join(output, checkpoint.HEADS_PT))
-    if heads.config.medusa_num_layers > 1:
-        notes.append(
-            "FasterDecoding's MedusaModel repeats one ResBlock instance per head (tied layers), so it cannot hold "
-            f"{heads.config.medusa_num_layers} independent layers per head: use this library, TGI or vLLM instead."
-        )
-    return notes
+    return notes + _fasterdecoding_tied_layers(heads)
+
+
+def _fasterdecoding_tied_layers(heads: HeadsCheckpoint) -> list[str]:
+    if heads.config.medusa_num_layers == 1:
+        return []
+    return ["FasterDecoding's MedusaModel repeats one ResBlock instance per head (tied layers), so it cannot hold "
+            f"{heads.config.medusa_num_layers} independent layers per head: use this library, TGI or vLLM instead."]
+
+
+def export_fasterdecoding_full_model(heads: HeadsCheckpoint, backbone: PreTrainedModel, tokenizer,
+                                     output: str) -> list[str]:
+    """FasterDecoding full model: ``backbone``'s weights with ``medusa_head.*`` keys, the head counts in its
+    ``config.json``, and the tokenizer (FasterDecoding loads it from the model's own folder). Returns notes."""
+    notes = []
+    state = _with_own_lm_heads(heads, backbone, "FasterDecoding", "has no 'version 2' heads", notes)
+    backbone.config.medusa_num_heads = heads.config.medusa_num_heads
+    backbone.config.medusa_num_layers = heads.config.medusa_num_layers
+    weights = backbone.state_dict() | {checkpoint.FULL_MODEL_PREFIX + k: v for k, v in state.items()}
+    backbone.save_pretrained(output, state_dict=weights)  # tied embeddings are stored once, as save_pretrained does
+    tokenizer.save_pretrained(output)
+    return notes + _fasterdecoding_tied_layers(heads)
 
 
 def export_tgi(heads: HeadsCheckpoint, output: str, base_model: str | None = None) -> list[str]:
@@ -324,27 +360,68 @@ def export(model: str, engine: str, output: str, base_model: str | None = None, 
            **options) -> list[str]:
     """Read the heads at ``model`` and write them to ``output`` for ``engine``; returns notes for the user.
 
-    ``output`` must be empty or absent; with ``overwrite`` a non-empty one is emptied first (after the heads
-    were read and checked).
+    A Medusa-2 checkpoint goes to :func:`export_medusa2`. ``output`` must be empty or absent; with
+    ``overwrite`` a non-empty one is emptied first (after the checkpoint was read and checked).
     """
     if engine not in FORMATS:
         raise ValueError(f"Unknown export format {engine!r}: choose one of {', '.join(FORMATS)}.")
+    if is_adapter(os.path.join(model, checkpoint.ADAPTER_DIR)):
+        return export_medusa2(model, engine, output, base_model, overwrite, **options)
     heads = load_heads_checkpoint(model, base_model)
     _prepare_output(model, output, overwrite)
     return FORMATS[engine](heads, output, base_model, **options)
 
 
+def export_medusa2(model: str, engine: str, output: str, base_model: str | None = None, overwrite: bool = False,
+                   **options) -> list[str]:
+    """A Medusa-2 checkpoint for ``engine``: the backbone with its LoRA adapter merged, beside the heads.
+
+    ``base_model`` is the model the adapter is merged into (default: the one the config names; the demo's
+    symbolic name is the demo base). The merged weights keep the base's dtype (``dtype="auto"``), so the
+    sum is rounded once. FasterDecoding gets one full model; the others ``backbone/`` + ``heads/`` (see the
+    module docstring). Returns notes for the user.
+
+    Raises:
+        CheckpointError: a bad checkpoint or adapter, or a backbone FasterDecoding cannot serve.
+    """
+    heads = load_heads_checkpoint(model)
+    base_model = base_model or demo.base_model_for(model) or heads.config.base_model_name_or_path
+    if engine == "fasterdecoding" and base_model and os.path.isdir(base_model):  # refused before loading it
+        model_type = AutoConfig.from_pretrained(base_model).model_type
+        if model_type not in FASTERDECODING_MODEL_TYPES:
+            raise CheckpointError(f"FasterDecoding's MedusaModel serves {' and '.join(FASTERDECODING_MODEL_TYPES)} "
+                                  f"models only, and this backbone is {model_type}: export it for vllm, tgi or "
+                                  "trtllm instead.")
+    merged = MedusaModel.from_pretrained(model, base_model=base_model, dtype="auto")
+    backbone, tokenizer = merged.base_model, merged.get_tokenizer()
+    _prepare_output(model, output, overwrite)
+    merged_note = (f"Medusa-2: the LoRA adapter of {model} was merged into {backbone.name_or_path}; the heads were "
+                   "trained on that fine-tuned backbone, so serve it, not the original base.")
+    if engine == "fasterdecoding":  # one folder, in safetensors whatever --safetensors says
+        return [merged_note, *export_fasterdecoding_full_model(heads, backbone, tokenizer, output)]
+    backbone_dir = os.path.abspath(os.path.join(output, BACKBONE_DIR))
+    backbone.save_pretrained(backbone_dir)
+    tokenizer.save_pretrained(backbone_dir)
+    heads.config.base_model_name_or_path = backbone_dir
+    notes = FORMATS[engine](heads, os.path.join(output, HEADS_DIR), backbone_dir, **options)
+    return [f"{merged_note} The merged backbone is {backbone_dir} (a plain Hugging Face model with its tokenizer), "
+            f"the heads {os.path.join(output, HEADS_DIR)}, naming it as their base.", *notes]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medusa.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="Medusa heads directory (any layout medusa-llm reads).")
+    parser.add_argument("--model", required=True, help="Medusa heads directory (any layout medusa-llm reads) or "
+                                                       "Medusa-2 checkpoint (heads + adapter/).")
     parser.add_argument("--format", required=True, help=f"Target engine: {', '.join(FORMATS)}.")
     parser.add_argument("--output", required=True, help="Directory to write the export to (new or empty).")
     parser.add_argument("--overwrite", action="store_true", help="Empty a non-empty --output first.")
     parser.add_argument("--base-model", default=None,
                         help="Base model directory: overrides base_model_name_or_path in the export, and is where "
-                             "the lm_head of 'version 2' heads is read from when it must be materialised.")
+                             "the lm_head of 'version 2' heads is read from when it must be materialised. For a "
+                             "Medusa-2 checkpoint: the base its LoRA adapter is merged into.")
     parser.add_argument("--safetensors", action="store_true",
-                        help="fasterdecoding only: write medusa_lm_head.safetensors instead of medusa_lm_head.pt.")
+                        help="fasterdecoding only: write medusa_lm_head.safetensors instead of medusa_lm_head.pt "
+                             "(a Medusa-2 export is a full model in safetensors either way).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     options = {"safetensors": True} if args.safetensors else {}
@@ -353,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         notes = export(args.model, args.format, args.output, args.base_model, args.overwrite, **options)
-    except (CheckpointError, ValueError, OSError) as e:
+    except (CheckpointError, demo.DemoError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for note in notes:

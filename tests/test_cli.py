@@ -18,6 +18,7 @@ from medusa.inference import cli
 from medusa.model import MedusaConfig, MedusaModel
 from medusa.model.medusa_model import shipped_tree
 from tests.demo_helpers import HAIKU_GREEDY_TEXT, HAIKU_PROMPT, SMALL_TREE, fresh_demo_heads, one_thread
+from tests.test_medusa2_checkpoint import write_medusa2
 from tests.tiny import tiny_model, tiny_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -263,10 +264,52 @@ def test_missing_model_dir_is_one_line_from_the_command_line(tmp_path):
     _one_line_error(result.returncode, result.stderr, r"--model .*nope: no such directory")
 
 
-def test_missing_demo_heads(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(demo, "DEMO_HEADS_DIR", str(tmp_path / "demo_heads"))
-    code, _, err = _run_main([], monkeypatch, capsys)
-    _one_line_error(code, err, "demo Medusa heads are missing")
+@pytest.mark.parametrize("argv, variant, constant", [([], "medusa1", "DEMO_HEADS_DIR"),
+                                                     (["--demo", "medusa2"], "medusa2", "DEMO_MEDUSA2_DIR"),
+                                                     (["--demo", "medusa2", "--base-model", "."], "medusa2",
+                                                      "DEMO_MEDUSA2_DIR")])
+def test_missing_demo_checkpoint(argv, variant, constant, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, constant, str(tmp_path / "missing"))
+    code, _, err = _run_main(argv, monkeypatch, capsys)
+    _one_line_error(code, err, re.escape(f"the {variant} demo checkpoint is missing from this installation "
+                                         f"({tmp_path / 'missing'})"))
+
+
+def test_missing_medusa2_demo_is_one_line_from_the_command_line(tmp_path):
+    """The packaged path itself, while the checkpoint has not shipped."""
+    if os.path.isdir(demo.DEMO_MEDUSA2_DIR):
+        pytest.skip("the Medusa-2 demo ships in this checkout")
+    result = subprocess.run([sys.executable, "-m", "medusa.inference.cli", "--demo", "medusa2"],
+                            capture_output=True, text=True, env=_env(), timeout=120)
+    _one_line_error(result.returncode, result.stderr, r"the medusa2 demo checkpoint is missing .*demo_medusa2\)")
+
+
+def test_demo_and_model_together_are_refused(tiny_heads, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["--demo", "medusa2", "--model", tiny_heads])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "--demo picks a shipped checkpoint and --model names another" in err
+
+
+@pytest.mark.parametrize("argv", [["--demo", "medusa2"], ["--demo", "medusa2", "--base-model", "BASE"]])
+def test_demo_medusa2_chats_with_the_medusa2_checkpoint(argv, tmp_path, monkeypatch, capsys):
+    reference = write_medusa2(tmp_path / "m2", seed=7)
+    base = str(tmp_path / "base-llama")
+    monkeypatch.setattr(demo, "DEMO_MEDUSA2_DIR", str(tmp_path / "m2"))
+    monkeypatch.setattr(demo, "demo_base_dir", lambda: base)
+    loaded = []
+    from_pretrained = cli.MedusaModel.from_pretrained
+    monkeypatch.setattr(cli.MedusaModel, "from_pretrained",
+                        lambda path, **k: loaded.append((path, from_pretrained(path, **k))) or loaded[-1][1])
+    argv = [base if a == "BASE" else a for a in argv]
+    code, out, err = _run_main([*argv, "--style", "programmatic", "--max-new-tokens", "4"], monkeypatch, capsys,
+                               stdin="hello" + END)
+    assert code == 0, err
+    assert STATS.search(err) and "[!OP:assistant]: " in out
+    [(path, model)] = loaded
+    assert path == str(tmp_path / "m2") and model.adapter is not None
+    for name, p in model.base_model.named_parameters():  # the fine-tuned backbone, merged as peft merges
+        torch.testing.assert_close(p, reference.get_parameter(name), rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_checkpoint_without_heads(tiny_heads, monkeypatch, capsys):

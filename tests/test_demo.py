@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -18,6 +19,7 @@ from medusa.model import TreePolicy
 from medusa.model.tree_policy import POLICY_FILES
 from tests.demo_helpers import (HAIKU_GREEDY_IDS, HAIKU_GREEDY_TEXT, HAIKU_PROMPT, SMALL_TREE, fresh_demo_heads,
                                 one_thread)
+from tests.test_medusa2_checkpoint import write_medusa2
 
 # sha256 of model.safetensors written by the conversion (transformers 5.24): the fp16 weights are a
 # deterministic function of the GGUF.
@@ -128,10 +130,33 @@ def test_load_demo_defaults_to_the_cli_dtype_for_the_device(monkeypatch):
     assert [c["dtype"] for c in calls] == [torch.float32, torch.float32, torch.float16]
 
 
-def test_load_demo_without_shipped_heads_says_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "DEMO_HEADS_DIR", str(tmp_path / "demo_heads"))
-    with pytest.raises(demo.DemoError, match="demo Medusa heads are missing"):
-        demo.load_demo()
+@pytest.mark.parametrize("variant, constant", [("medusa1", "DEMO_HEADS_DIR"), ("medusa2", "DEMO_MEDUSA2_DIR")])
+def test_load_demo_without_the_shipped_checkpoint_says_so(variant, constant, tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, constant, str(tmp_path / "missing"))
+    message = f"the {variant} demo checkpoint is missing from this installation ({tmp_path / 'missing'})"
+    with pytest.raises(demo.DemoError, match=re.escape(message)):
+        demo.load_demo(variant)
+
+
+def test_load_demo_refuses_an_unknown_variant():
+    with pytest.raises(ValueError, match="unknown demo variant 'medusa3': choose one of medusa1, medusa2"):
+        demo.load_demo("medusa3")
+
+
+def test_the_medusa2_demo_ships_beside_the_heads():
+    assert demo.DEMO_MEDUSA2_DIR == os.path.join(os.path.dirname(demo.DEMO_HEADS_DIR), "demo_medusa2")
+
+
+def test_load_demo_medusa2_merges_the_adapter_into_the_demo_base(tmp_path, monkeypatch):
+    reference = write_medusa2(tmp_path / "m2", seed=6)
+    monkeypatch.setattr(demo, "DEMO_MEDUSA2_DIR", str(tmp_path / "m2"))
+    monkeypatch.setattr(demo, "demo_base_dir", lambda: str(tmp_path / "base-llama"))
+    model = demo.load_demo("medusa2")
+    assert model.adapter is not None and model.tokenizer is not None
+    ids = torch.randint(3, 320, (2, 9))
+    with torch.no_grad():  # the fine-tuned backbone (peft's own merge), not the base
+        torch.testing.assert_close(model.lm_logits(model.hidden_states(ids)), reference(ids).logits,
+                                   rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -158,6 +183,15 @@ def test_shipped_heads_are_small_and_name_the_demo_base():
     assert policy.accuracies.shape[0] == config["medusa_num_heads"]
     nodes = [0 if c == "none" else len(c) for c in map(policy.choices, (1, 4, 16, 64))]
     assert nodes == sorted(nodes, reverse=True) and nodes[0] > nodes[-1] > 0
+
+
+@pytest.mark.skipif(not os.path.isdir(demo.DEMO_MEDUSA2_DIR), reason="the Medusa-2 demo is not in the repository yet")
+def test_shipped_medusa2_checkpoint_is_small_and_names_the_demo_base():
+    files = [os.path.join(root, f) for root, _, names in os.walk(demo.DEMO_MEDUSA2_DIR) for f in names]
+    assert sum(map(os.path.getsize, files)) <= 20 * 2**20
+    with open(os.path.join(demo.DEMO_MEDUSA2_DIR, "config.json")) as f:
+        assert json.load(f)["base_model_name_or_path"] == demo.DEMO_BASE_NAME
+    assert os.path.isfile(os.path.join(demo.DEMO_MEDUSA2_DIR, "adapter", "adapter_config.json"))
 
 
 @pytest.mark.slow
@@ -205,7 +239,6 @@ def test_shipped_heads_are_lossless_and_speculate_on_mt_bench():
 
 @pytest.mark.slow
 def test_prefill_memory_benchmark_reports_what_the_prefill_adds():
-    import re
     import sys
 
     # its own process: in this one, heap pages freed by earlier tests would absorb the prefill unseen

@@ -26,13 +26,15 @@ def lora_trained(base, seed: int, **config):
     return peft_model
 
 
-def write_medusa2(path, arch: str = "llama", seed: int = 0, **lora_config):
-    """A Medusa-2 checkpoint in ``path`` (base saved in ``path/../base-<arch>``); returns peft's merged model."""
+def write_medusa2(path, arch: str = "llama", seed: int = 0, head_type: str = "shared_lm_head", num_layers: int = 1,
+                  **lora_config):
+    """A Medusa-2 checkpoint in ``path`` (base saved in ``path/../base-<arch>`` unless there); returns peft's merged model."""
     base_dir = path.parent / f"base-{arch}"
     if not base_dir.exists():
         tiny_model(arch).save_pretrained(base_dir)
         tiny_tokenizer().save_pretrained(base_dir)
-    heads = trained_like(AutoModelForCausalLM.from_pretrained(base_dir), seed=seed, head_type="shared_lm_head")
+    heads = trained_like(AutoModelForCausalLM.from_pretrained(base_dir), seed=seed, head_type=head_type,
+                         num_layers=num_layers)
     heads.config.base_model_name_or_path = str(base_dir)
     heads.save_pretrained(path)
     peft_model = lora_trained(AutoModelForCausalLM.from_pretrained(base_dir), seed, **lora_config)

@@ -1,7 +1,7 @@
-"""Chat with a Medusa model in the terminal: ``python -m medusa.inference.cli [--model HEADS_DIR]``.
+"""Chat with a Medusa model in the terminal: ``python -m medusa.inference.cli [--model DIR | --demo VARIANT]``.
 
-Without ``--model`` it chats with the demo model (SmolLM2-135M-Instruct and the heads shipped with the
-package). Replies stream as they are decoded; after each one a line gives tokens/s and the mean
+Without ``--model`` it chats with the demo model: SmolLM2-135M-Instruct and a checkpoint shipped with the
+package, the Medusa-1 heads (``--demo medusa1``, the default) or the Medusa-2 checkpoint (``--demo medusa2``). Replies stream as they are decoded; after each one a line gives tokens/s and the mean
 number of tokens per Medusa step. Ctrl-C stops the current reply; Ctrl-D (end of input) or ``!!exit``
 quits.
 
@@ -23,7 +23,6 @@ import transformers
 
 from .. import demo
 from ..model import CheckpointError, MedusaModel, presets
-from ..model.checkpoint import is_full_model, read_config
 from ..model.medusa_model import default_dtype
 from ..model.candidates import COPY_DEPTH
 from ..model.eos import eos_token_ids
@@ -42,7 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 description="Chat with a Medusa model (default: the demo model, SmolLM2-135M-Instruct).",
                                 epilog="Commands in the chat: !!exit, !!reset, !!remove, !!regen, !!save <file>, "
                                        "!!load <file>. Ctrl-C stops the reply; Ctrl-D quits.")
-    p.add_argument("--model", help="Medusa heads directory (any supported layout); default: the demo model")
+    p.add_argument("--model", help="Medusa checkpoint directory (any supported layout); default: the demo model")
+    p.add_argument("--demo", choices=demo.DEMO_VARIANTS, help=f"which demo checkpoint, without --model: medusa1 "
+                   f"(heads on the frozen base) or medusa2 (heads and backbone fine-tuned together); default: "
+                   f"{demo.DEFAULT_VARIANT}")
     p.add_argument("--base-model", help="base model directory, overriding the one the heads' config names")
     quant = p.add_mutually_exclusive_group()
     quant.add_argument("--load-in-8bit", action="store_true", help="quantise the base model to 8 bits (bitsandbytes)")
@@ -77,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-history", action="store_true", help="answer every message on its own, without the chat so far")
     p.add_argument("--debug", action="store_true", help="also show the prompt length and each step's accept length")
     args = p.parse_args(argv)
+    if args.demo is not None and args.model is not None:
+        p.error("--demo picks a shipped checkpoint and --model names another: give one of them")
     try:
         sampling = resolve_sampling(args.sampling, args.temperature, args.top_k, args.top_p)
     except ValueError as e:
@@ -123,13 +127,11 @@ def load_model(args) -> MedusaModel:
         if path is not None and not os.path.isdir(path):
             raise CliError(f"{flag} {path}: no such directory.")
     kwargs = hf_kwargs(args)
+    variant = args.demo or demo.DEFAULT_VARIANT
     if args.model is None and args.base_model is None:
-        return demo.load_demo(**kwargs)
-    path = args.model or demo.DEMO_HEADS_DIR
-    base = args.base_model
-    if base is None and read_config(path).get("base_model_name_or_path") == demo.DEMO_BASE_NAME:
-        base = demo.demo_base_dir()
-    model = MedusaModel.from_pretrained(path, base_model=base, **kwargs)
+        return demo.load_demo(variant, **kwargs)
+    path = args.model or demo.demo_dir(variant)
+    model = MedusaModel.from_pretrained(path, base_model=args.base_model or demo.base_model_for(path), **kwargs)
     model.get_tokenizer()
     return model
 
