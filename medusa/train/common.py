@@ -5,7 +5,9 @@ import gc
 import importlib.util
 import json
 import logging
+import math
 import os
+import time
 
 import torch
 import transformers
@@ -85,10 +87,41 @@ def gathered(params):
     return deepspeed.zero.GatheredParameters(list(params))
 
 
-def write_summary(output_dir: str, summary: dict) -> None:
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "training_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+def head_summary(metrics: dict, num_heads: int) -> list[dict]:
+    return [{"head": k, "top1": metrics.get(f"eval_medusa{k}_top1"), "top5": metrics.get(f"eval_medusa{k}_top5"),
+             "loss": metrics.get(f"eval_medusa{k}_loss")} for k in range(num_heads)]
+
+
+def train_and_save(trainer, model_args, training_args, train_set, eval_set, extra: dict | None = None,
+                   eval_metrics: tuple[str, ...] = ()) -> dict:
+    """Trains (resuming if asked), evaluates, saves; returns the summary also written to
+    ``training_summary.json``: sizes, steps, wall time, held-out loss and per-head figures, the ``extra``
+    fields and the held-out ``eval_<name>`` metric of each of ``eval_metrics``."""
+    start = time.time()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    wall = time.time() - start
+    metrics = trainer.evaluate() if eval_set is not None else {}
+    trainer.save_model(training_args.output_dir)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    summary = {
+        "model_name_or_path": model_args.model_name_or_path,
+        "train_conversations": len(train_set),
+        "eval_conversations": len(eval_set) if eval_set is not None else 0,
+        "global_steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "wall_time_s": round(wall, 1),
+        "world_size": training_args.world_size,
+        "deepspeed_zero_stage": trainer.deepspeed.zero_optimization_stage() if trainer.is_deepspeed_enabled else None,
+        "eval_loss": metrics.get("eval_loss", math.nan) if metrics else None,
+        **(extra or {}),
+        **{f"eval_{name}": metrics.get(f"eval_{name}") for name in eval_metrics},
+        "heads": head_summary(metrics, model.config.medusa_num_heads) if metrics else None,
+    }
+    if training_args.should_save:
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(os.path.join(training_args.output_dir, "training_summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
 
 
 def run_script(main) -> None:

@@ -16,7 +16,6 @@ See docs/training.md.
 import contextlib
 import math
 import os
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -24,10 +23,10 @@ import transformers
 
 from medusa.model import checkpoint, lora
 from medusa.train.arguments import parse_arguments, require
-from medusa.train.common import build_datasets, load_tokenizer, run_script, write_summary
+from medusa.train.common import build_datasets, load_tokenizer, run_script, train_and_save
 from medusa.train.data import IGNORE_INDEX
 from medusa.train.losses import distillation_kl
-from medusa.train.train_legacy import build_medusa_model, head_summary
+from medusa.train.train_legacy import build_medusa_model
 from medusa.train.trainer import MedusaTrainer
 
 @dataclass
@@ -208,23 +207,12 @@ def main(argv: list[str] | None = None) -> dict:
         model.base_model.float()  # fp32 master weights; autocast computes in bf16
     trainer = Medusa2Trainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
                              data_collator=collator, medusa2=medusa2, peft_model=peft_model)
-    start = time.time()
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    wall = time.time() - start
-    metrics = trainer.evaluate() if eval_set is not None else {}
-    trainer.save_model(training_args.output_dir)
+    summary = train_and_save(trainer, model_args, training_args, train_set, eval_set,
+                             {"lora": medusa2.use_lora, "self_distillation": medusa2.medusa_self_distillation},
+                             eval_metrics=("lm_loss",))
     if training_args.should_save and peft_model is None:
         tokenizer.save_pretrained(training_args.output_dir)  # a full model; the LoRA checkpoint names its base
-    summary = {"model_name_or_path": model_args.model_name_or_path, "train_conversations": len(train_set),
-               "global_steps": trainer.state.global_step, "wall_time_s": round(wall, 1),
-               "world_size": training_args.world_size, "lora": medusa2.use_lora,
-               "self_distillation": medusa2.medusa_self_distillation,
-               "eval_lm_loss": metrics.get("eval_lm_loss"),
-               "heads": head_summary(metrics, training_args.medusa_num_heads) if metrics else None}
-    if training_args.should_save:
-        write_summary(training_args.output_dir, summary)
     return summary
-
 
 if __name__ == "__main__":
     run_script(main)

@@ -7,14 +7,11 @@ ShareGPT JSON, or a JSON list of message lists. The final heads go to --output_d
 MedusaModel.from_pretrained reads, next to training_summary.json. See docs/training.md.
 """
 
-import math
-import time
-
 import torch
 
 from medusa.model import MedusaConfig, MedusaModel, checkpoint
 from medusa.train.arguments import parse_arguments
-from medusa.train.common import build_datasets, gathered, load_base_model, load_tokenizer, run_script, write_summary
+from medusa.train.common import build_datasets, gathered, load_base_model, load_tokenizer, run_script, train_and_save
 from medusa.train.trainer import MedusaTrainer
 
 
@@ -51,11 +48,6 @@ def load_initial_heads(model: MedusaModel, path: str) -> None:
     checkpoint.load_heads_strict(model.medusa_head, state)
 
 
-def head_summary(metrics: dict, num_heads: int) -> list[dict]:
-    return [{"head": k, "top1": metrics.get(f"eval_medusa{k}_top1"), "top5": metrics.get(f"eval_medusa{k}_top5"),
-             "loss": metrics.get(f"eval_medusa{k}_loss")} for k in range(num_heads)]
-
-
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_arguments(__doc__, argv)
     tokenizer = load_tokenizer(model_args)
@@ -63,27 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_medusa_model(model_args, training_args)
     trainer = MedusaTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
                             data_collator=collator)
-    start = time.time()
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    wall = time.time() - start
-    metrics = trainer.evaluate() if eval_set is not None else {}
-    trainer.save_model(training_args.output_dir)
-    summary = {
-        "model_name_or_path": model_args.model_name_or_path,
-        "train_conversations": len(train_set),
-        "eval_conversations": len(eval_set) if eval_set is not None else 0,
-        "global_steps": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
-        "wall_time_s": round(wall, 1),
-        "world_size": training_args.world_size,
-        "deepspeed_zero_stage": trainer.deepspeed.zero_optimization_stage() if trainer.is_deepspeed_enabled else None,
-        "eval_loss": metrics.get("eval_loss", math.nan) if metrics else None,
-        "heads": head_summary(metrics, training_args.medusa_num_heads) if metrics else None,
-    }
-    if training_args.should_save:
-        write_summary(training_args.output_dir, summary)
-    return summary
-
+    return train_and_save(trainer, model_args, training_args, train_set, eval_set)
 
 if __name__ == "__main__":
     torch.set_float32_matmul_precision("high")

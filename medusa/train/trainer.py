@@ -23,7 +23,7 @@ class MedusaTrainer(transformers.Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.lambdas = torch.tensor(head_weights(self.args.medusa_num_heads, self.args.medusa_decay_coefficient))
+        self.lambdas = torch.tensor(head_weights(self.model.config.medusa_num_heads, self.args.medusa_decay_coefficient))
         # Per head: (targets, top-1 hits, top-5 hits, summed CE); "train" and "eval" accumulate separately.
         self._head_stats = {}
 
