@@ -185,13 +185,28 @@ def test_shipped_heads_are_small_and_name_the_demo_base():
     assert nodes == sorted(nodes, reverse=True) and nodes[0] > nodes[-1] > 0
 
 
-@pytest.mark.skipif(not os.path.isdir(demo.DEMO_MEDUSA2_DIR), reason="the Medusa-2 demo is not in the repository yet")
 def test_shipped_medusa2_checkpoint_is_small_and_names_the_demo_base():
     files = [os.path.join(root, f) for root, _, names in os.walk(demo.DEMO_MEDUSA2_DIR) for f in names]
     assert sum(map(os.path.getsize, files)) <= 20 * 2**20
     with open(os.path.join(demo.DEMO_MEDUSA2_DIR, "config.json")) as f:
         assert json.load(f)["base_model_name_or_path"] == demo.DEMO_BASE_NAME
     assert os.path.isfile(os.path.join(demo.DEMO_MEDUSA2_DIR, "adapter", "adapter_config.json"))
+
+
+@pytest.mark.slow
+def test_shipped_medusa2_decodes_exactly_as_its_fine_tuned_backbone():
+    """The shipped Medusa-2 demo on CPU fp32: its adapter changes the backbone, and Medusa decoding with
+    its defaults (copy branches, trees that follow acceptance) equals the greedy loop of that backbone."""
+    model = demo.load_demo("medusa2", dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(demo.demo_base_dir(), dtype=torch.float32)
+    moved = [n for n, p in model.base_model.named_parameters() if not torch.equal(p, base.get_parameter(n))]
+    assert len(moved) == 7 * base.config.num_hidden_layers  # q, k, v, o, gate, up, down of every layer
+    questions = load_questions()[::40]  # two MT-bench first turns
+    prompts = [render_chat(model.tokenizer, [{"role": "user", "content": q["turns"][0]}])[0] for q in questions]
+    with one_thread():
+        medusa = model.generate(prompts, max_new_tokens=32)
+        greedy = model.generate(prompts, max_new_tokens=32, medusa_choices="none", copy_chains=0)
+    assert medusa == greedy and all(len(g) > 8 for g in greedy)
 
 
 @pytest.mark.slow
