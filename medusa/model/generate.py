@@ -371,8 +371,8 @@ def _decode(model, trees, step_fn, rows: RowScheduler, capacity: int, cuda_graph
             step = partial(step_fn, model, buffers, cache, config=config, split_lengths=len(levels) > 1)
             cache.check_capacity(buffers.num_nodes)
             span = cache.fit_span(buffers.num_nodes)
-            if cuda_graph:  # one graph per step function, tree, span, attention and split: a few per generation
-                key = (step_fn, buffers.key, span, config.fold_gqa, len(levels) > 1)
+            if cuda_graph:  # one graph per step function, tree, span, attention, split and logits dtype: a few per generation
+                key = (step_fn, buffers.key, span, config.fold_gqa, len(levels) > 1, model.fp32_logits)
                 if key not in graphs:
                     graphs[key] = GraphedStep(step, (root, hidden, active), cache)
                 step = graphs[key]

@@ -6,6 +6,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from . import checkpoint
@@ -77,6 +78,7 @@ class MedusaModel(nn.Module):
         self._trees: dict[tuple, TreeBuffers] = {}
         self._decode_caches: dict[int, MedusaKVCache] = {}
         self._graphs: dict[int, dict[tuple, object]] = {}
+        self._lm_head_fp32: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.tree_policy = None
         self.step_times = StepTimes()  # measured once per process, for trees that follow acceptance
         self.default_medusa_choices = None  # the tree used when generation names none and there is no policy
@@ -167,9 +169,48 @@ class MedusaModel(nn.Module):
                            use_cache=cache is not None, **{self._cache_kwarg: cache})
         return out.last_hidden_state
 
+    @property
+    def fp32_logits(self) -> bool:
+        """Compute the base logits (:meth:`lm_logits`) in float32 from a float32 copy of the lm_head.
+
+        One switch for every loop on this model (Medusa steps, the greedy loop, prefill, CUDA-graph and
+        compiled steps): in bf16 or fp16 the two loops then differ only by the rounding of the layers
+        below the lm_head. The heads' logits keep the model's dtype (they only propose). The copy
+        (``vocab x hidden`` float32: 4 bytes a weight) is taken when switched on and again when the
+        model moves (``.to()``); switch off and on after changing the lm_head's weights in place. With
+        TF32 matmuls allowed (``torch.backends.cuda.matmul.allow_tf32``, off by default) the product is
+        rounded as TF32. Raises ValueError for a non-bool or a quantised lm_head.
+        """
+        return self._lm_head_fp32 is not None
+
+    @fp32_logits.setter
+    def fp32_logits(self, on: bool) -> None:
+        if not isinstance(on, bool):
+            raise ValueError(f"fp32_logits must be True or False; got {on!r}.")
+        if on and not self.lm_head.weight.is_floating_point():
+            raise ValueError(f"fp32_logits needs a floating-point lm_head; this one is {self.lm_head.weight.dtype} "
+                             "(quantised).")
+        self._lm_head_fp32 = self._fp32_lm_head() if on else None
+
+    def _fp32_lm_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        bias = getattr(self.lm_head, "bias", None)
+        return self.lm_head.weight.detach().float(), None if bias is None else bias.detach().float()
+
+    def _apply(self, fn, recurse=True):
+        """Moves and casts (``.to()``, ``.cuda()``, ``.half()``) also renew the fp32 lm_head copy from the moved weights."""
+        super()._apply(fn, recurse)
+        if self.fp32_logits:
+            self._lm_head_fp32 = self._fp32_lm_head()
+        return self
+
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Base logits ``[..., V]`` from hidden states ``[..., d]`` (with the model's logit soft-capping)."""
-        logits = self.lm_head(hidden)
+        """Base logits ``[..., V]`` from hidden states ``[..., d]`` (with the model's logit soft-capping); float32
+        with :attr:`fp32_logits`."""
+        if self._lm_head_fp32 is None:
+            logits = self.lm_head(hidden)
+        else:
+            weight, bias = self._lm_head_fp32
+            logits = F.linear(hidden.to(weight.device, torch.float32), weight, bias)
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
