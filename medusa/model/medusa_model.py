@@ -175,11 +175,12 @@ class MedusaModel(nn.Module):
 
         One switch for every loop on this model (Medusa steps, the greedy loop, prefill, CUDA-graph and
         compiled steps): in bf16 or fp16 the two loops then differ only by the rounding of the layers
-        below the lm_head. The heads' logits keep the model's dtype (they only propose). The copy
-        (``vocab x hidden`` float32: 4 bytes a weight) is taken when switched on and again when the
-        model moves (``.to()``); switch off and on after changing the lm_head's weights in place. With
-        TF32 matmuls allowed (``torch.backends.cuda.matmul.allow_tf32``, off by default) the product is
-        rounded as TF32. Raises ValueError for a non-bool or a quantised lm_head.
+        below the lm_head (docs/design.md, "Greedy output in bf16"). The heads' logits keep the model's
+        dtype (they only propose). The copy (``vocab x hidden`` float32: 4 bytes a weight) is taken when
+        switched on and again when the model moves (``.to()``); switch off and on after changing a bf16
+        or fp16 lm_head's weights in place. With TF32 matmuls allowed
+        (``torch.backends.cuda.matmul.allow_tf32``, off by default) the product's inputs are rounded to
+        TF32. Raises ValueError for a non-bool or a quantised lm_head.
         """
         return self._lm_head_fp32 is not None
 
