@@ -47,7 +47,7 @@ for config in ${CONFIGS:-0.03:16}; do
     batch=${BATCH:-16} epochs=${EPOCHS:-1}
     conversations=$(grep -c . "$WORK/train.jsonl")
     warmup=$(python3 -c "import math; print(int($epochs * math.ceil($conversations / $batch) * ${WARMUP_FRACTION:-0.4}))")
-    python3 -m medusa.train.train --model_name_or_path "$BASE" \
+    python3 -m medusa.train.train_medusa2 --model_name_or_path "$BASE" \
         --data_path "$WORK/train.jsonl" --eval_data_path "$WORK/eval.jsonl" --bf16 ${BF16:-True} \
         --output_dir "$WORK/m2_$name" --num_train_epochs "$epochs" \
         --per_device_train_batch_size "$batch" --per_device_eval_batch_size "$batch" \

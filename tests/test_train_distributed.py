@@ -87,7 +87,7 @@ def test_medusa2_lora_self_distillation_under_ddp(distilled, tmp_path):  # noqa:
     root, base = distilled
     out = tmp_path / "medusa2"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tests.exit_threads",
-           str(REPO / "medusa/train/train.py"), "--model_name_or_path", base, "--data_path", str(root / "train.jsonl"),
+           str(REPO / "medusa/train/train_medusa2.py"), "--model_name_or_path", base, "--data_path", str(root / "train.jsonl"),
            "--output_dir", str(out), "--max_steps", "8", "--per_device_train_batch_size", "4",
            "--learning_rate", "3e-3", "--model_max_length", "128", "--medusa_num_heads", str(HEADS),
            "--medusa_heads_warmup", "heads_only", "--medusa_warmup_steps", "3", "--medusa_self_distillation", "true",

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from medusa.model import MedusaConfig, MedusaModel
-from medusa.train.train import Medusa2Arguments, heads_coefficient, main as train
+from medusa.train.train_medusa2 import Medusa2Arguments, heads_coefficient, main as train
 from tests.test_train_data import chat, write_jsonl
 from tests.train_helpers import HEADS, distilled, held_out_metrics, save_tiny_base, single_thread  # noqa: F401  (fixtures)
 
