@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 from medusa.model import MedusaModel, checkpoint
 from medusa.model.lora import is_adapter
 
-from .answer_cli import main_guard
+from .answer_cli import main_guard, model_dtype
 from .heads_accuracy import greedy_continuations
 from .questions import DEFAULT_QUESTIONS, load_questions, render_chat
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1.")
 
-    dtype = {"auto": torch.bfloat16 if args.device.startswith("cuda") else torch.float32}.get(args.dtype) or getattr(torch, args.dtype)
+    dtype = model_dtype(args)
     has_adapter = is_adapter(os.path.join(args.model, checkpoint.ADAPTER_DIR))
     if not has_adapter and not args.original_model:
         parser.error(f"{args.model} holds no LoRA adapter: pass the original model with --original-model.")

@@ -34,7 +34,9 @@ def answer_parser(description: str) -> argparse.ArgumentParser:
 
 
 def model_dtype(args) -> torch.dtype:
-    return DTYPES[args.dtype or ("bfloat16" if torch.device(args.device).type == "cuda" else "float32")]
+    """``args.dtype`` (a DTYPES name; None or ``"auto"``: bfloat16 on CUDA, float32 elsewhere) on ``args.device``."""
+    auto = args.dtype in (None, "auto")
+    return DTYPES["bfloat16" if torch.device(args.device).type == "cuda" else "float32"] if auto else DTYPES[args.dtype]
 
 
 def answer_file(args, model_id: str) -> str:

@@ -26,7 +26,7 @@ from medusa.model.eos import eos_token_ids
 from medusa.model.generate import check_copy_shape
 from medusa.model.tree_policy import POLICY_FILES
 
-from .answer_cli import main_guard
+from .answer_cli import main_guard, model_dtype
 from .questions import DEFAULT_QUESTIONS, load_questions, render_chat
 from ..model.tree_builder import build_tree, expected_tokens_per_step
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--copy-chains/--copy-depth: {e}")
     cost = CostCurve.load(args.cost_curve) if args.cost_curve else None  # a malformed file fails before the model work
 
-    dtype = {"auto": torch.bfloat16 if args.device.startswith("cuda") else torch.float32}.get(args.dtype) or getattr(torch, args.dtype)
+    dtype = model_dtype(args)
     model = MedusaModel.from_pretrained(args.model, base_model=args.base_model, dtype=dtype).to(args.device).eval()
     tokenizer = model.get_tokenizer()
     questions = load_questions(args.questions, args.limit)

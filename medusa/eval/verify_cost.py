@@ -28,6 +28,7 @@ from ..demo import DemoError, load_demo
 from ..model import CheckpointError, CostCurve, MedusaModel
 from ..model.medusa_choices import MAX_TOP_K
 from ..model.tree_builder import build_tree, tree_capacity
+from .answer_cli import model_dtype
 from .random_model import SHAPES, random_medusa
 
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--iters must be at least 1 and --warmup at least 0.")
 
     device = torch.device(args.device)
-    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32}.get(args.dtype) or getattr(torch, args.dtype)
+    dtype = model_dtype(args)
     try:
         model, name = _load(args, dtype)
     except (CheckpointError, DemoError, OSError) as e:
