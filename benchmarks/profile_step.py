@@ -82,7 +82,7 @@ def main() -> None:
                       + ", ".join(f"{k} {v:.3f} ms" for k, v in sorted(per_step.items())) + "\n"
                       + "\n".join(f"  {e.self_device_time_total / 1000 / args.steps:7.3f} ms/step  "
                                   f"x{e.count / args.steps:5.1f}  {e.key[:110]}"
-                                  for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:15]))
+                                  for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:30]))
         print(report[-1], flush=True)
     if args.output:
         with open(args.output, "w") as f:
