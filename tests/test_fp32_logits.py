@@ -87,3 +87,32 @@ def test_a_quantised_lm_head_is_refused():
     model.lm_head.weight = nn.Parameter(torch.zeros(320, 64, dtype=torch.int8), requires_grad=False)
     with pytest.raises(ValueError, match="floating-point lm_head; this one is torch.int8"):
         model.fp32_logits = True
+
+
+def test_switching_while_a_generation_is_in_progress_is_refused_and_a_switch_renews_the_pool():
+    model = fitted_medusa(tiny_model("llama", seed=3), prompts(1, 1), 2, steps=1)
+    stream = model.medusa_generate(prompts(5, 1)[0], max_new_tokens=8)
+    next(stream)
+    pool = model.cache_pool
+    with pytest.raises(RuntimeError, match="while a generation is in progress"):
+        model.fp32_logits = True
+    stream.close()
+    model.fp32_logits = True
+    assert model.cache_pool is not pool and not model.cache_pool.caches  # graphs of the old logit path are gone
+    model.fp32_logits = True  # again: a new copy of the weights, so new graphs too
+    assert model.cache_pool is not pool
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graph_replay_after_switching_back_and_forth_equals_the_eager_loop():
+    """Graphs captured with one fp32 copy must not be replayed after the copy was dropped and taken again."""
+    model = fitted_medusa(tiny_model("llama", seed=10), prompts(100, 4), 3, steps=50).cuda().to(torch.bfloat16)
+    input_ids = prompts(100, 4)[0].cuda()
+    expected = {}
+    for on in (False, True, False, True):
+        model.fp32_logits = on
+        for graph in (False, True):
+            tokens, _ = drain(model.medusa_generate(input_ids, max_new_tokens=NEW_TOKENS, medusa_choices=CUSTOM,
+                                                    cuda_graph=graph, eos_token_id=[]))
+            assert expected.setdefault(on, tokens) == tokens

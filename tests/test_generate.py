@@ -391,3 +391,14 @@ def test_free_memory_reads_the_hosts_available_memory_on_cpu():
     after = available()
     assert 0 < min(before, after) - (16 << 20) <= reading <= max(before, after) + (16 << 20) <= total
     del held
+
+
+def test_a_model_cast_after_generating_decodes_in_its_new_dtype():
+    """The pooled cache and tree buffers of the old dtype must not be reused (writing float64 keys into them)."""
+    model = random_heads(tiny_model("llama", seed=14), 3, "own_lm_head", seed=14)
+    input_ids = prompts(104, 1)[0]
+    run(model, input_ids, max_new_tokens=8, medusa_choices=CUSTOM, eos_token_id=[])
+    model.double()
+    tokens, _ = run(model, input_ids, max_new_tokens=NEW_TOKENS, medusa_choices=CUSTOM, eos_token_id=[])
+    assert model.cache_pool.caches[1].buffer.dtype == torch.float64
+    assert tokens == greedy_reference(model.base_model, input_ids, NEW_TOKENS)

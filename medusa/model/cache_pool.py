@@ -1,5 +1,9 @@
-"""Decode caches kept between generations: one :class:`MedusaKVCache` per batch size and the CUDA graphs
-captured on it, so that graphs are captured once for many prompts (docs/design.md, "The KV cache")."""
+"""What decoding keeps on the device between generations: one :class:`MedusaKVCache` per batch size, the
+CUDA graphs captured on it (so that graphs are captured once for many prompts) and the tree buffers
+they read (docs/design.md, "The KV cache").
+
+A graph reads the weights, caches and buffers it was captured on at their addresses, so a model whose
+weights move, change dtype or change logit path takes a new pool: see ``MedusaModel``."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -8,10 +12,11 @@ from transformers import PreTrainedModel
 
 from .cuda_graph import GraphedStep
 from .kv_cache import MedusaKVCache, free_memory, round_up_to_block
+from .tree import TreeBuffers, generate_medusa_buffers
 
 
 class CachePool:
-    """Pooled decode caches of one base model, all of one capacity, and the graphs captured on each.
+    """Pooled decode caches of one base model, all of one capacity, the graphs captured on each, and tree buffers.
 
     Args:
         base_model: the HF causal LM the caches are shaped for (in its dtype, on its device at allocation).
@@ -22,6 +27,20 @@ class CachePool:
         self.base_model, self.context = base_model, context
         self.caches: dict[int, MedusaKVCache] = {}  # by batch size
         self.graphs: dict[int, dict[tuple, GraphedStep]] = {}  # by batch size, then by the decode loop's key
+        self.trees: dict[tuple, TreeBuffers] = {}  # by (head paths, copy chains, copy depth)
+
+    @property
+    def in_use(self) -> bool:
+        """Whether a generation holds one of the pooled caches."""
+        return any(cache.in_use for cache in self.caches.values())
+
+    def tree_buffers(self, paths: list[list[int]], copy_chains: int, copy_depth: int) -> TreeBuffers:
+        """The buffers of a tree of head ``paths`` with copy branches, on the base model's device, built once."""
+        key = (tuple(map(tuple, paths)), copy_chains, copy_depth)
+        if key not in self.trees:
+            device = self.base_model.get_output_embeddings().weight.device
+            self.trees[key] = generate_medusa_buffers(paths, device, copy_chains, copy_depth)
+        return self.trees[key]
 
     def new_cache(self, capacity: int, batch_size: int) -> MedusaKVCache:
         """A zero-length cache outside the pool (prefilling waiting prompts apart)."""

@@ -17,7 +17,7 @@ from .heads import MedusaHeads
 from .kv_cache import MedusaKVCache
 from .lora import LoraAdapter, is_adapter
 from .medusa_choices import resolve_medusa_choices
-from .tree import TreeBuffers, generate_medusa_buffers
+from .tree import TreeBuffers
 from .tree_policy import POLICY_FILES, TreePolicy
 
 
@@ -77,8 +77,7 @@ class MedusaModel(nn.Module):
         self.adapter: LoraAdapter | None = None  # Medusa-2: merged into base_model; kept to be saved again
         self._cache_kwarg = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
         self._softcap = getattr(text_config, "final_logit_softcapping", None)
-        self._trees: dict[tuple, TreeBuffers] = {}
-        self.cache_pool = CachePool(base_model, self.context_length)  # decode caches and graphs kept between calls
+        self.cache_pool = CachePool(base_model, self.context_length)  # caches, graphs and trees kept between calls
         self._lm_head_fp32: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.tree_policy = None
         self.step_times = StepTimes()  # measured once per process, for trees that follow acceptance
@@ -208,17 +207,25 @@ class MedusaModel(nn.Module):
         if on and not self.lm_head.weight.is_floating_point():
             raise ValueError(f"fp32_logits needs a floating-point lm_head; this one is {self.lm_head.weight.dtype} "
                              "(quantised).")
+        if not on and self._lm_head_fp32 is None:
+            return
+        if self.cache_pool.in_use:  # its CUDA graphs read the logit path they were captured with
+            raise RuntimeError("fp32_logits cannot change while a generation is in progress: finish or close its "
+                               "stream first.")
         self._lm_head_fp32 = self._fp32_lm_head() if on else None
+        self.cache_pool = CachePool(self.base_model, self.context_length)
 
     def _fp32_lm_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         bias = getattr(self.lm_head, "bias", None)
         return self.lm_head.weight.detach().float(), None if bias is None else bias.detach().float()
 
     def _apply(self, fn, recurse=True):
-        """Moves and casts (``.to()``, ``.cuda()``, ``.half()``) also renew the fp32 lm_head copy from the moved weights."""
+        """Moves and casts (``.to()``, ``.cuda()``, ``.half()``) also renew the fp32 lm_head copy from the moved
+        weights, and the pool of caches, graphs and tree buffers (they hold the old device, dtype and addresses)."""
         super()._apply(fn, recurse)
         if self.fp32_logits:
             self._lm_head_fp32 = self._fp32_lm_head()
+        self.cache_pool = CachePool(self.base_model, self.context_length)
         return self
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -249,13 +256,9 @@ class MedusaModel(nn.Module):
         """Buffers for a tree of head paths (preset name, JSON, file or list; None = ``default_medusa_choices``,
         else the default preset; "none" = no head nodes) with ``copy_chains`` copy branches of ``copy_depth``
         tokens (prompt lookup)."""
-        device = self.lm_head.weight.device
         medusa_choices = self.default_medusa_choices if medusa_choices is None else medusa_choices
         tree = [] if medusa_choices == "none" else resolve_medusa_choices(medusa_choices, self.config.medusa_num_heads)
-        key = (tuple(map(tuple, tree)), copy_chains, copy_depth)
-        if key not in self._trees:
-            self._trees[key] = generate_medusa_buffers(tree, device, copy_chains, copy_depth)
-        return self._trees[key]
+        return self.cache_pool.tree_buffers(tree, copy_chains, copy_depth)
 
     def decode_setup(self) -> DecodeSetup:
         """What the decode loop uses of this model, as it stands now (policy, tokenizer and step times may be replaced)."""
