@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from medusa.eval.heads_accuracy import accuracies, head_hits, main, simulate_accept_lengths
+from medusa.eval.heads_accuracy import (accuracies, dynamic_head_accept_lengths, head_accept_lengths, head_hits, main,
+                                        simulate_accept_lengths)
 from medusa.model.tree_builder import build_tree, expected_tokens_per_step
 from medusa.model import presets, validate_medusa_choices
 from medusa.model.candidates import COPY_CHAINS, COPY_DEPTH
@@ -23,7 +24,8 @@ def simulated_and_real(model, input_ids, tree, chains: int, depth: int) -> tuple
                                                                   adaptive=False)]
     sequence = torch.cat([input_ids[0], torch.tensor(greedy_reference(model.base_model, input_ids, 40))])
     paths = [] if tree == "none" else tree
-    simulated = simulate_accept_lengths(sequence, head_hits(model, sequence), input_ids.shape[1], paths, chains, depth)
+    hits, _ = head_hits(model, sequence)
+    simulated = simulate_accept_lengths(sequence, head_accept_lengths(hits, paths), input_ids.shape[1], chains, depth)
     assert len(simulated) == len(real)
     assert simulated[:-1] == real[:-1]  # the last step may be cut at the token limit
     assert simulated[-1] <= real[-1]
@@ -45,6 +47,25 @@ def test_simulated_accept_lengths_with_copy_branches_equal_real_generation(tree,
         _, real = simulated_and_real(model, input_ids, tree, chains, depth)
         longest = max(longest, *real)
     assert longest > (0 if tree == "none" else 3)  # longer than any head path: a copy chain was accepted
+
+
+def test_dynamic_trees_accept_the_longest_hit_among_the_likeliest_paths_by_brute_force():
+    gen = torch.Generator().manual_seed(4)
+    length, heads, top_k = 30, 3, 4
+    paths = [p for d in range(1, heads + 1) for p in itertools.product(range(top_k), repeat=d)]
+    for _ in range(5):
+        log_probs = torch.rand(length, heads, top_k, generator=gen).log()  # distinct: no ties between paths
+        hits = torch.rand(length, heads, top_k, generator=gen) < 0.4
+        for nodes in (1, 3, 10, 40, len(paths)):
+            lengths = dynamic_head_accept_lengths(hits, log_probs, nodes)
+            for t in range(length):
+                joint = lambda p: sum(log_probs[t, d, r].item() for d, r in enumerate(p))  # noqa: E731
+                chosen = sorted(paths, key=joint, reverse=True)[:nodes]
+                assert all(p[:-1] in chosen for p in chosen if len(p) > 1)  # a tree: every parent is in it
+                accepted = [len(p) for p in chosen if all(hits[t, d, r] for d, r in enumerate(p))]
+                assert lengths[t] == max(accepted, default=0)
+        every = head_accept_lengths(hits, [list(p) for p in paths])
+        assert torch.equal(dynamic_head_accept_lengths(hits, log_probs, len(paths)), every)
 
 
 def test_accuracies_count_only_continuation_positions():
@@ -93,11 +114,13 @@ def command_line(tmp_path) -> list[str]:
 
 def test_command_line_writes_figures_and_a_loadable_tree(tmp_path):
     main(command_line(tmp_path) + ["--trees", "mc_sim_7b_63", "[[0], [0, 0]]", "none", "--build-tree", "12",
-                                   "--tree-output", str(tmp_path / "tree.json"), "--output", str(tmp_path / "out.json")])
+                                   "--dynamic", "5", "--tree-output", str(tmp_path / "tree.json"),
+                                   "--output", str(tmp_path / "out.json")])
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["questions"] == 3 and len(result["top1"]) == 4 and result["new_tokens"] > 0
     assert (result["copy_chains"], result["copy_depth"]) == (COPY_CHAINS, COPY_DEPTH)
-    assert set(result["trees"]) == {"default", "mc_sim_7b_63", "[[0], [0, 0]]", "none", "built_12"}
+    assert set(result["trees"]) == {"default", "mc_sim_7b_63", "[[0], [0, 0]]", "none", "built_12", "built_5", "dynamic_5"}
+    assert result["trees"]["dynamic_5"]["nodes"] == result["trees"]["built_5"]["nodes"] == 5
     for figures in result["trees"].values():
         assert 1.0 <= figures["heads_tokens_per_step"] <= figures["tokens_per_step"] <= 1.0 + COPY_DEPTH
     assert result["trees"]["none"]["nodes"] == 0 and result["trees"]["none"]["heads_tokens_per_step"] == 1.0

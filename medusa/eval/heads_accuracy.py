@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from medusa.model import CostCurve, MedusaModel, TreePolicy, resolve_medusa_choices
-from medusa.model.candidates import COPY_CHAINS, COPY_DEPTH, copy_candidates
+from medusa.model.candidates import COPY_CHAINS, COPY_DEPTH, copy_agreement
 from medusa.model.eos import eos_token_ids
 from medusa.model.generate import check_copy_shape
 from medusa.model.tree_policy import POLICY_FILES
@@ -60,18 +60,23 @@ def greedy_continuations(base, prompts: list[torch.Tensor], max_new_tokens: int,
 
 
 @torch.inference_mode()
-def head_hits(model: MedusaModel, sequence: torch.Tensor, top_k: int = 10) -> torch.Tensor:
-    """``[S, heads, top_k]`` bool: entry ``[t, d, r]`` is head d's rank-r token at t == ``sequence[t + d + 2]``."""
+def head_hits(model: MedusaModel, sequence: torch.Tensor, top_k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each head's top-k along ``sequence`` ``[S]``: (hits, log_probs), both ``[S, heads, top_k]``.
+
+    ``hits[t, d, r]``: head d's rank-r token at t is ``sequence[t + d + 2]``; ``log_probs[t, d, r]``: its log
+    probability under the head (what a tree rebuilt every step would rank paths by).
+    """
     device = model.lm_head.weight.device
     hidden = model.hidden_states(sequence[None].to(device))[0]  # [S, d]
-    top = model.head_logits(hidden).topk(top_k, dim=-1).indices.cpu()  # [heads, S, top_k]
+    log_probs, top = model.head_logits(hidden).float().log_softmax(-1).topk(top_k, dim=-1)  # [heads, S, top_k]
+    top, log_probs = top.cpu(), log_probs.cpu().transpose(0, 1)
     heads, length = top.shape[0], sequence.shape[0]
     hits = torch.zeros(length, heads, top_k, dtype=torch.bool)
     for d in range(heads):
         valid = length - d - 2
         if valid > 0:
             hits[:valid, d] = top[d, :valid] == sequence[d + 2 :, None]
-    return hits
+    return hits, log_probs
 
 
 def accuracies(all_hits: list[torch.Tensor], prompt_lens: list[int]) -> torch.Tensor:
@@ -97,39 +102,52 @@ def head_accept_lengths(hits: torch.Tensor, tree: list[list[int]]) -> torch.Tens
 
 
 def copy_accept_lengths(sequence: torch.Tensor, start: int, chains: int, depth: int) -> torch.Tensor:
-    """``[S]`` long: entry t (``t >= start``; 0 before) is the longest copy chain accepted by a step after position t.
-
-    The step's cached text is ``sequence[: t + 1]`` and its root ``sequence[t + 1]``, so its chains are
-    :func:`copy_candidates` of the first ``t + 2`` tokens; a chain is accepted as far as it agrees with
-    ``sequence[t + 2 :]``.
-    """
+    """``[S]`` long: entry t (``t >= start``; 0 before) is the longest copy chain accepted by a step after position t
+    (:func:`~medusa.model.candidates.copy_agreement`)."""
     size = sequence.shape[0]
     best = torch.zeros(size, dtype=torch.long)
     steps = torch.arange(start, size - 1)  # every position a step can start after (its root exists)
-    if not chains or not len(steps):
-        return best
-    # Every row holds the whole sequence: copy_candidates reads nothing past a row's root.
-    copies = copy_candidates(sequence.expand(len(steps), size), steps + 1, chains, depth)  # [steps, chains, depth]
-    ahead = torch.cat([sequence, sequence.new_full((depth + 1,), -1)])  # -1 past the end: matches no token
-    target = ahead[steps[:, None] + 2 + torch.arange(depth)]  # [steps, depth]
-    agree = (copies == target[:, None]).long().cumprod(-1).sum(-1)  # [steps, chains] leading tokens that agree
-    best[start : size - 1] = agree.amax(-1)
+    if chains and len(steps):
+        best[start : size - 1] = copy_agreement(sequence.expand(len(steps), size), steps, chains, depth)
     return best
 
 
-def simulate_accept_lengths(sequence: torch.Tensor, hits: torch.Tensor, prompt_len: int, tree: list[list[int]],
+def dynamic_head_accept_lengths(hits: torch.Tensor, log_probs: torch.Tensor, nodes: int) -> torch.Tensor:
+    """``[S]`` long: the longest accepted head path of a tree rebuilt at every step from the ``nodes`` likeliest
+    paths (joint probability: the product of the heads' probabilities along the path, as EAGLE-2 ranks its
+    dynamic tree).
+
+    A path's parent is at least as likely, so the likeliest ``nodes`` paths of each depth extend only the
+    likeliest ``nodes`` of the depth above: expanding those alone is exact (up to ties).
+
+    Args:
+        hits, log_probs: ``[S, heads, top_k]`` from :func:`head_hits`.
+    """
+    level_lp, level_ok = log_probs[:, 0], hits[:, 0]  # [S, paths of this depth]
+    all_lp, all_ok, all_depth = [level_lp], [level_ok], [torch.ones_like(level_lp, dtype=torch.long)]
+    for d in range(1, hits.shape[1]):
+        parents = level_lp.topk(min(nodes, level_lp.shape[1]), dim=1).indices  # [S, P]
+        level_lp = (level_lp.gather(1, parents)[:, :, None] + log_probs[:, d, None, :]).flatten(1)  # [S, P * top_k]
+        level_ok = (level_ok.gather(1, parents)[:, :, None] & hits[:, d, None, :]).flatten(1)
+        all_lp, all_ok = all_lp + [level_lp], all_ok + [level_ok]
+        all_depth.append(torch.full_like(level_lp, d + 1, dtype=torch.long))
+    lp, ok, depth = torch.cat(all_lp, 1), torch.cat(all_ok, 1), torch.cat(all_depth, 1)
+    chosen = lp.topk(min(nodes, lp.shape[1]), dim=1).indices  # [S, nodes]
+    return (ok.gather(1, chosen) * depth.gather(1, chosen)).amax(1)
+
+
+def simulate_accept_lengths(sequence: torch.Tensor, head_lengths: torch.Tensor, prompt_len: int,
                             copy_chains: int = COPY_CHAINS, copy_depth: int = COPY_DEPTH) -> list[int]:
     """Accept length of every greedy Medusa step generating ``sequence[prompt_len:]`` (exactly generation's).
 
     Args:
         sequence: ``[S]`` prompt + greedy continuation.
-        hits: ``[S, heads, top_k]`` its :func:`head_hits`.
-        tree: head paths (``[]``: none, copy branches only).
+        head_lengths: ``[S]`` the longest head path a step after each position accepts
+            (:func:`head_accept_lengths` of a tree, or :func:`dynamic_head_accept_lengths`).
         copy_chains, copy_depth: the copy branches, as ``medusa_generate`` takes them.
     """
     start = prompt_len - 1
-    best = torch.maximum(head_accept_lengths(hits, tree),
-                         copy_accept_lengths(sequence, start, copy_chains, copy_depth)).tolist()
+    best = torch.maximum(head_lengths, copy_accept_lengths(sequence, start, copy_chains, copy_depth)).tolist()
     lengths, t, last = [], start, sequence.shape[0] - 1
     while t < last:
         accept = min(best[t], last - t - 1)
@@ -138,11 +156,12 @@ def simulate_accept_lengths(sequence: torch.Tensor, hits: torch.Tensor, prompt_l
     return lengths
 
 
-def tokens_per_step(sequences: list[torch.Tensor], all_hits: list[torch.Tensor], prompt_lens: list[int],
-                    tree: list[list[int]], copy_chains: int, copy_depth: int) -> float:
-    """Simulated tokens per step over all sequences (accepted tokens + the root)."""
-    lengths = [a for sequence, hits, n in zip(sequences, all_hits, prompt_lens)
-               for a in simulate_accept_lengths(sequence, hits, n, tree, copy_chains, copy_depth)]
+def tokens_per_step(sequences: list[torch.Tensor], head_lengths: list[torch.Tensor], prompt_lens: list[int],
+                    copy_chains: int, copy_depth: int) -> float:
+    """Simulated tokens per step over all sequences (accepted tokens + the root); ``head_lengths`` as
+    :func:`simulate_accept_lengths` takes them, one per sequence."""
+    lengths = [a for sequence, heads, n in zip(sequences, head_lengths, prompt_lens)
+               for a in simulate_accept_lengths(sequence, heads, n, copy_chains, copy_depth)]
     return sum(a + 1 for a in lengths) / len(lengths)
 
 
@@ -163,6 +182,9 @@ def main(argv: list[str] | None = None) -> None:
                              "(0: heads only).")
     parser.add_argument("--copy-depth", type=int, default=COPY_DEPTH, help="Tokens per copy branch.")
     parser.add_argument("--build-tree", type=int, metavar="NODES", help="Also grow a tree of NODES nodes from the accuracies.")
+    parser.add_argument("--dynamic", type=int, nargs="*", default=[], metavar="NODES",
+                        help="Also simulate trees rebuilt at every step from the NODES likeliest head paths (dynamic "
+                             "trees), each beside the fixed tree of NODES nodes grown from the accuracies.")
     parser.add_argument("--cost-curve", metavar="FILE",
                         help="A measured verify-cost curve (python -m medusa.eval.verify_cost --output): also grow the tree with the "
                              "best expected speedup at batch size 1 and report the choice at batch sizes "
@@ -190,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     questions = load_questions(args.questions, args.limit)
     prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}]) for q in questions]
     sequences = greedy_continuations(model.base_model, prompts, args.max_new_tokens, args.batch_size, tokenizer)
-    all_hits = [head_hits(model, s, args.top_k) for s in tqdm(sequences, desc="head predictions")]
+    all_hits, all_log_probs = zip(*[head_hits(model, s, args.top_k) for s in tqdm(sequences, desc="head predictions")])
     prompt_lens = [p.shape[1] for p in prompts]
     acc = accuracies(all_hits, prompt_lens)
     result = {"questions": len(questions), "new_tokens": sum(len(s) - n for s, n in zip(sequences, prompt_lens)),
@@ -202,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     grown = {}  # name -> tree grown from the accuracies; the last one goes to --tree-output
     if args.build_tree:
         grown[f"built_{args.build_tree}"] = build_tree(acc, args.build_tree)
+    trees |= {f"built_{n}": build_tree(acc, n) for n in args.dynamic}
     if cost:
         policy = TreePolicy(acc, cost)
         result["policy"] = {}
@@ -220,18 +243,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.tree_output and grown:
         with open(args.tree_output, "w") as f:
             json.dump(list(grown.values())[-1], f)
-    for name, tree in trees.items():
+    head_lengths = {name: [head_accept_lengths(hits, tree) for hits in all_hits] for name, tree in trees.items()}
+    head_lengths |= {f"dynamic_{n}": [dynamic_head_accept_lengths(hits, log_probs, n)
+                                      for hits, log_probs in zip(all_hits, all_log_probs)] for n in args.dynamic}
+    for name, lengths in head_lengths.items():
+        tree = trees.get(name)
         result["trees"][name] = {
-            "nodes": len(tree),
-            "tokens_per_step": tokens_per_step(sequences, all_hits, prompt_lens, tree, args.copy_chains, args.copy_depth),
-            "heads_tokens_per_step": tokens_per_step(sequences, all_hits, prompt_lens, tree, 0, 0),
-            "expected_tokens_per_step": expected_tokens_per_step(acc, tree)}
+            "nodes": len(tree) if tree is not None else int(name.split("_")[1]),
+            "tokens_per_step": tokens_per_step(sequences, lengths, prompt_lens, args.copy_chains, args.copy_depth),
+            "heads_tokens_per_step": tokens_per_step(sequences, lengths, prompt_lens, 0, 0),
+            "expected_tokens_per_step": expected_tokens_per_step(acc, tree) if tree is not None else None}
     for d in range(acc.shape[0]):
         print(f"head {d}: top-1 {result['top1'][d]:.3f}  top-5 {result['top5'][d]:.3f}")
     copies = f" + {args.copy_chains} copy chains of {args.copy_depth}" if args.copy_chains else ""
     for name, figures in result["trees"].items():
+        estimate = figures["expected_tokens_per_step"]
         print(f"{name} ({figures['nodes']} nodes{copies}): {figures['tokens_per_step']:.3f} tokens/step, heads alone "
-              f"{figures['heads_tokens_per_step']:.3f} (independence estimate {figures['expected_tokens_per_step']:.3f})")
+              f"{figures['heads_tokens_per_step']:.3f}" + ("" if estimate is None else f" (independence estimate {estimate:.3f})"))
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=1)

@@ -52,6 +52,21 @@ def copy_candidates(text: torch.Tensor, length: torch.Tensor, chains: int, depth
     return text.gather(1, follow.flatten(1)).view(batch, chains, depth)
 
 
+def copy_agreement(texts: torch.Tensor, steps: torch.Tensor, chains: int, depth: int) -> torch.Tensor:
+    """How many tokens the copy branches of a step would have got: ``[Q]`` long, the most leading tokens any chain
+    shares with the text that follows.
+
+    Args:
+        texts: ``[Q, S]`` token ids, padded past each row's end with -1 (which matches no token).
+        steps: ``[Q]`` long: the step after position t of row q, whose cached text is ``texts[q, : t + 1]`` and
+            root ``texts[q, t + 1]``; its chains are accepted as far as they agree with ``texts[q, t + 2 :]``.
+    """
+    copies = copy_candidates(texts, steps + 1, chains, depth)  # [Q, chains, depth]; reads nothing past the root
+    ahead = torch.nn.functional.pad(texts, (0, depth + 2), value=-1)
+    target = ahead.gather(1, steps[:, None] + 2 + torch.arange(depth, device=texts.device))  # [Q, depth]
+    return (copies == target[:, None]).long().cumprod(-1).sum(-1).amax(-1)
+
+
 def generate_candidates(root: torch.Tensor, head_logits: torch.Tensor, buffers: TreeBuffers,
                         copies: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fill each row's tree with tokens.
