@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from medusa.model import adaptive, generate_medusa_buffers
-from medusa.model.adaptive import AcceptanceFollower, StepTimes, accepted_by, covers, draft_levels
+from medusa.model.adaptive import AcceptanceFollower, LevelHistory, accepted_by, covers, draft_levels
 from tests.fitting import greedy_reference
 from tests.test_copy_branches import repetitive_prompt
 from tests.test_generate import CUSTOM, batch_prompts, fitted, prompts, random_heads
@@ -20,9 +20,9 @@ def subtree(paths, chains, depth):
     return generate_medusa_buffers([] if paths == "none" else paths, copy_chains=chains, copy_depth=depth)
 
 
-def timed(seconds: dict, batch_size: int = 1) -> StepTimes:
+def timed(seconds: dict, batch_size: int = 1) -> LevelHistory:
     """Step times as if measured: ``{tree: seconds}`` (the untimed first step included)."""
-    times = StepTimes()
+    times = LevelHistory()
     for tree, s in seconds.items():
         for _ in range(adaptive.TIMED_STEPS + 1):
             times.record(batch_size, tree, s)
@@ -46,7 +46,7 @@ def test_levels_under_a_tree_and_what_each_step_tells_of_them():
 
 
 def test_step_times_drop_the_first_step_and_then_stay_fixed():
-    times = StepTimes()
+    times = LevelHistory()
     for s in (9.0, 1.0):
         times.record(1, FULL, s)
     assert times.seconds(1, FULL) is None  # not yet TIMED_STEPS timed steps
@@ -57,7 +57,7 @@ def test_step_times_drop_the_first_step_and_then_stay_fixed():
 
 
 def test_unmeasured_levels_are_run_first_largest_first():
-    times = StepTimes()
+    times = LevelHistory()
     follower = AcceptanceFollower([NONE, COPY, FULL], times, 1)
     order = []
     for _ in range(3 * (adaptive.TIMED_STEPS + 1)):
@@ -68,52 +68,97 @@ def test_unmeasured_levels_are_run_first_largest_first():
     assert order == [2] * n + [1] * n + [0] * n
 
 
-def test_the_level_with_most_tokens_per_second_wins_and_the_full_tree_is_probed_ever_less_often():
-    follower = AcceptanceFollower([NONE, COPY, FULL], timed({NONE: 1.0, COPY: 1.2, FULL: 2.0}), 2)
-    for _ in range(30):  # nothing of the heads is accepted, copies give 2 tokens a step on both rows
-        follower.update(2, [0, 1], head_length=[0, 0], copy_length=[1, 1])
-    assert follower.choose(1, [0, 1]) == 1  # copies: 2 / 1.2 beats 1 / 1.0 and 2 / 2.0
-    choices = [follower.choose(1, [0, 1]) for _ in range(200)]
+@pytest.mark.parametrize("full_seconds, gaps", [(1.5, [16, 32, 64, 64]),  # the tries cost little: spaced as before
+                                                 (2.0, [34, 34, 64, 64])])  # dear: tries spaced to cost <= 2 %
+def test_the_level_with_most_tokens_per_second_wins_and_the_full_tree_is_probed_ever_less_often(full_seconds, gaps):
+    follower = AcceptanceFollower([NONE, HEADS, FULL], timed({NONE: 1.0, HEADS: 1.2, FULL: full_seconds}), 2)
+    assert (full_seconds / 1.2 - 1) / adaptive.PROBE_BUDGET == pytest.approx({1.5: 12.5, 2.0: 33.3}[full_seconds], 0.01)
+    for _ in range(30):  # the heads give 2 tokens a step on both rows, the copies nothing
+        follower.update(2, [0, 1], head_length=[1, 1], copy_length=[0, 0])
+    assert follower.choose(1, [0, 1]) == 1  # heads alone: 2 / 1.2 beats 1 / 1.0 and 2 / full (with the margin)
+    choices = [follower.choose(1, [0, 1]) for _ in range(300)]
     probes = [i for i, level in enumerate(choices) if level == 2]
-    gaps = [b - a for a, b in zip(probes, probes[1:])]
-    assert gaps[:4] == [16, 32, 64, 64] and set(choices) == {1, 2}
-    for _ in range(30):  # the heads start to be accepted: 4 tokens a step
-        follower.update(2, [0, 1], head_length=[3, 3], copy_length=[1, 1])
+    assert [b - a for a, b in zip(probes, probes[1:])][:4] == gaps and set(choices) == {1, 2}
+    for _ in range(30):  # the copies start to be accepted: 4 tokens a step
+        follower.update(2, [0, 1], head_length=[1, 1], copy_length=[3, 3])
     assert follower.choose(1, [0, 1]) == 2 and follower.probe_every == adaptive.FIRST_PROBE
 
 
 def test_a_small_level_must_beat_the_full_tree_by_the_margin():
     follower = AcceptanceFollower([NONE, FULL], timed({NONE: 1.0, FULL: 1.0}), 1)
-    follower.seen = [[1], [1]]
+    follower.known = [[True], [True]]
     follower.tokens = [[1.0], [1.0 / adaptive.MARGIN + 1e-6]]  # the full tree slightly slower, within the margin
     assert follower.choose(1, [0]) == 1
     follower.tokens[1][0] = 1.0 / adaptive.MARGIN - 1e-3
     assert follower.choose(1, [0]) == 0
 
 
-def test_a_smaller_step_updates_only_the_levels_it_covers_and_estimates_start_as_means():
+def test_a_step_updates_the_levels_it_covers_but_the_copy_levels_and_estimates_start_as_means():
     follower = AcceptanceFollower([NONE, HEADS, COPY, FULL], timed({}), 1)
-    follower.update(2, [0], head_length=[0], copy_length=[4])  # a copy-only step: heads unknown
-    assert [follower.seen[level][0] for level in range(4)] == [1, 0, 1, 0]
-    assert follower.tokens[2][0] == 5.0 and follower.tokens[1][0] == follower.tokens[3][0] == 1.0
-    follower.update(3, [0], head_length=[2], copy_length=[1])  # the full tree: every level
-    assert follower.tokens[2][0] == 3.5 and follower.tokens[1][0] == 3.0 and follower.tokens[3][0] == 3.0
+    follower.update(1, [0], head_length=[3], copy_length=[0])  # heads alone: the copies unknown
+    assert [follower.seen[level][0] for level in range(4)] == [1, 1, 0, 0]
+    assert follower.tokens[1][0] == 4.0 and follower.tokens[3][0] == 1.0
+    follower.update(3, [0], head_length=[1], copy_length=[4])  # the full tree: every level but the copy-only one
+    assert [follower.seen[level][0] for level in range(4)] == [2, 2, 0, 1]
+    assert follower.tokens[1][0] == 3.0 and follower.tokens[3][0] == 5.0 and follower.tokens[2][0] == 1.0
     for _ in range(100):  # past 1 / SMOOTHING steps, recent steps weigh more than a mean would
         follower.update(3, [0], head_length=[0], copy_length=[0])
     assert follower.tokens[3][0] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_a_new_row_runs_the_full_tree_first_and_live_rows_decide():
-    follower = AcceptanceFollower([NONE, FULL], timed({NONE: 1.0, FULL: 1.5}), 2)
+def observed(follower, monkeypatch) -> list[tuple[int, int, int]]:
+    """Every (level, row, tokens) the follower books."""
+    booked = []
+    observe = follower._observe
+    monkeypatch.setattr(follower, "_observe", lambda level, r, tokens: (booked.append((level, r, tokens)),
+                                                                        observe(level, r, tokens)))
+    return booked
+
+
+@pytest.mark.parametrize("depth", [4, 10])
+def test_replayed_copy_levels_book_what_verifying_the_copies_accepts(depth, monkeypatch):
+    model = fitted("llama", 4)
+    copy = model.tree_buffers("none", 2, depth)
+    longest = 0
+    for input_ids in [repetitive_prompt(1), repetitive_prompt(2), prompts(8, 1)[0]]:
+        real = [out["accept_length"] for out in model.medusa_generate(
+            input_ids, max_new_tokens=40, medusa_choices="none", copy_chains=2, copy_depth=depth, adaptive=False,
+            eos_token_id=[])]
+        text = torch.cat([input_ids[0], torch.tensor(greedy_reference(model.base_model, input_ids, 40))])
+        booked = {}
+        for grown in (False, True):  # the whole text at once, and token by token as a generation reveals it
+            follower = AcceptanceFollower([NONE, copy], timed({}), 2)
+            follower.reset_rows([1], [input_ids.shape[1]])
+            booked[grown] = observed(follower, monkeypatch)
+            for end in range(input_ids.shape[1], len(text) + 1) if grown else [len(text)]:
+                follower.replay({1: text[:end]})
+        assert booked[False] == booked[True]
+        assert all(level == 1 and r == 1 for level, r, _ in booked[False])
+        tokens = [t for *_, t in booked[False]]
+        assert tokens == [1 + a for a in real[: len(tokens)]] and len(tokens) >= len(real) - depth
+        longest = max(longest, *tokens)
+    assert longest > 3  # copies were accepted
+
+
+def test_the_first_rows_run_the_full_tree_first_and_later_rows_start_from_them():
+    history = timed({NONE: 1.0, FULL: 1.5})
+    follower = AcceptanceFollower([NONE, FULL], history, 2)
+    follower.reset_rows([0, 1], [5, 5])
     assert follower.choose(1, [0]) == 1  # nothing measured yet
     for _ in range(40):
         follower.update(1, [0, 1], head_length=[0, 4], copy_length=[0, 0])
     assert follower.choose(1, [0]) == 0 and follower.choose(1, [1]) == 1
-    follower.reset_rows([0])
+    follower.reset_rows([0], [5])  # no row has finished: nothing to start from
     assert follower.tokens[1][0] == 1.0 and follower.seen[1][0] == 0 and follower.choose(1, [0]) == 1
+    follower.finish_rows([1])
+    assert history.tokens(FULL) == follower.tokens[1][1] == pytest.approx(5.0)
+    later = AcceptanceFollower([NONE, FULL], history, 1)
+    later.reset_rows([0], [5])
+    assert later.tokens[1] == [pytest.approx(5.0)] and later.seen[1] == [0] and later.choose(1, [0]) == 1
+    follower.reset_rows([0], [5])
     smaller = follower.resized([NONE, HEADS, FULL], [1, 0])  # rows reordered; the full tree the same
-    assert smaller.tokens[2] == [follower.tokens[1][1], 1.0] and smaller.seen[2] == [40, 0]
-    assert smaller.seen[1] == [0, 0] and smaller.times is follower.times
+    assert smaller.tokens[2] == [follower.tokens[1][1], follower.tokens[1][0]] and smaller.seen[2] == [40, 0]
+    assert smaller.seen[1] == [0, 0] and smaller.known[1] == [False, False] and smaller.history is follower.history
 
 
 def run(model, input_ids, **kwargs):
@@ -138,7 +183,7 @@ def recording_choices(monkeypatch) -> list[tuple]:
     return chosen
 
 
-def level_times(model, heads, copy, full) -> StepTimes:
+def level_times(model, heads, copy, full) -> LevelHistory:
     """Step times of the levels under CUSTOM with 2 copy chains of 4: plain steps take 1."""
     return timed({model.tree_buffers("none"): 1.0, model.tree_buffers(CUSTOM): heads,
                   model.tree_buffers("none", 2, 4): copy, model.tree_buffers(CUSTOM, 2, 4): full})
@@ -147,7 +192,7 @@ def level_times(model, heads, copy, full) -> StepTimes:
 def test_a_row_whose_drafts_are_not_accepted_falls_back_to_no_tree_and_stays_greedy(monkeypatch):
     base = tiny_model("llama", seed=5)
     model = random_heads(base, 3, "shared_lm_head", seed=3)
-    model.step_times = level_times(model, 2.0, 2.0, 3.0)  # as on a CPU: verification is dear
+    model.level_history = level_times(model, 2.0, 2.0, 3.0)  # as on a CPU: verification is dear
     chosen = recording_choices(monkeypatch)
     input_ids = torch.arange(3, 40)[None]  # distinct tokens: nothing to copy at first
     tokens, accepted = run(model, input_ids, max_new_tokens=60, medusa_choices=CUSTOM, copy_chains=2, copy_depth=4,
@@ -159,7 +204,7 @@ def test_a_row_whose_drafts_are_not_accepted_falls_back_to_no_tree_and_stays_gre
 
 def test_accepted_drafts_keep_the_full_tree_and_stay_greedy(monkeypatch):
     model = fitted("llama", 4)
-    model.step_times = level_times(model, 1.1, 1.1, 1.2)
+    model.level_history = level_times(model, 1.1, 1.1, 1.2)
     chosen = recording_choices(monkeypatch)
     for input_ids in prompts(100, 4)[:2]:  # the heads were fitted on these
         tokens, accepted = run(model, input_ids, max_new_tokens=40, medusa_choices=CUSTOM, copy_chains=2, copy_depth=4,

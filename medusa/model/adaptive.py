@@ -2,20 +2,30 @@
 
 The levels lie under the tree a generation would verify (the full tree): no speculation (plain
 decoding), the head paths alone, the copy branches alone (full length, and cut to
-:data:`SHORT_COPY` tokens), and heads with copy branches. A step reports how far its head paths and
-its copy branches each got, which tells exactly what every level under it would have accepted (a
-level whose heads and copy depth it covers). Each row keeps a running estimate of the tokens a step
-of each level gives it. Each level's step time is measured on the device in use, per batch size, over
-its first few steps in the process, then kept fixed, so that decisions depend only on what the drafts
-achieve. A batch shares one tree per step: the level with the best mean over the live rows of (tokens
-per step) / (seconds per step) wins, the full tree keeping its place unless a smaller level promises
-:data:`MARGIN` more. While a smaller level wins, the full tree is tried again now and then (after 8
-steps, doubling up to 64 while it keeps losing), so a row whose drafts start being accepted again
-gets them back, and a row whose drafts are not accepted stops paying for verification.
+:data:`SHORT_COPY` tokens), and heads with copy branches. Each row keeps a running estimate of the
+tokens a step of each level gives it:
+
+- copied tokens depend on the text alone, so the copy-only levels are measured on every step by
+  replaying them on the row's text, whatever the step verified;
+- a step reports how far its head paths and its copy branches each got, which tells exactly what every
+  level under it would have accepted (a level whose heads and copy depth it covers).
+
+A new row starts from what earlier rows of the process measured (the first row ever verifies the full
+tree first). Each level's step time is measured on the device in use, per batch size, over its first
+few steps in the process, then kept fixed, so that decisions depend only on what the drafts achieve. A
+batch shares one tree per step: the level with the best mean over the live rows of (tokens per step) /
+(seconds per step) wins, the full tree keeping its place unless a smaller level promises :data:`MARGIN`
+more. While a smaller level wins, the full tree is tried again now and then (after 8 steps, doubling up
+to 64 while it keeps losing, and never so often that the tries cost more than :data:`PROBE_BUDGET` of
+the time), so a row whose head drafts start being accepted again gets them back, and a row whose
+drafts are not accepted stops paying for verification.
 """
 
 import statistics
 
+import torch
+
+from .candidates import copy_agreement
 from .tree import TreeBuffers
 
 # Weight of the newest step in a row's running estimate, once the row has more than 1 / SMOOTHING steps.
@@ -28,13 +38,19 @@ MARGIN = 1.15
 SHORT_COPY = 4  # the shorter copy branches tried (where each verified token costs, as on a CPU)
 TIMED_STEPS = 2  # step times measured per level and batch size, after one untimed step (graph capture)
 FIRST_PROBE, LAST_PROBE = 8, 64
+# Most of a row's time that trying the full tree may take while a smaller level wins (on a CPU, where the
+# full tree costs ~4 plain steps, this spaces the tries by ~150 steps).
+PROBE_BUDGET = 0.02
 
 
-class StepTimes:
-    """Seconds per step by (batch size, tree), from the first :data:`TIMED_STEPS` timed steps of each."""
+class LevelHistory:
+    """What trees that follow acceptance keep for a process (one per model): each level's seconds per step by
+    batch size, from its first :data:`TIMED_STEPS` timed steps, and the tokens per step each level gave the
+    rows so far (a running mean, a new row's first estimate)."""
 
     def __init__(self):
         self._samples: dict[tuple, list[float]] = {}
+        self._tokens: dict[tuple, float] = {}
 
     def record(self, batch_size: int, tree: TreeBuffers, seconds: float) -> None:
         samples = self._samples.setdefault((batch_size, tree.key), [])
@@ -44,6 +60,15 @@ class StepTimes:
     def seconds(self, batch_size: int, tree: TreeBuffers) -> float | None:
         samples = self._samples.get((batch_size, tree.key), [])
         return statistics.median(samples[1:]) if len(samples) > TIMED_STEPS else None
+
+    def remember(self, tree: TreeBuffers, tokens: float) -> None:
+        """Book a row's estimate of ``tree``'s tokens per step (recent rows weigh more)."""
+        known = self._tokens.get(tree.key)
+        self._tokens[tree.key] = tokens if known is None else known + SMOOTHING * (tokens - known)
+
+    def tokens(self, tree: TreeBuffers) -> float | None:
+        """Tokens per step ``tree`` gave earlier rows; None before any."""
+        return self._tokens.get(tree.key)
 
 
 def head_paths(tree: TreeBuffers) -> tuple:
@@ -67,29 +92,33 @@ def accepted_by(tree: TreeBuffers, head_length: int, copy_length: int) -> int:
 class AcceptanceFollower:
     """Chooses each step's level for a batch from per-row running estimates and measured step times.
 
-    A row's estimate of a level is the mean of what the level would have accepted in the row's steps so
-    far, then (past ``1 / SMOOTHING`` steps) a running average weighting recent steps more. A row's first
-    step verifies the full tree, which measures every level at once.
+    A row's estimate of a level is the mean of what the level gave the row so far, then (past
+    ``1 / SMOOTHING`` steps) a running average weighting recent steps more; before its first such
+    step, what the level gave earlier rows (:class:`LevelHistory`).
 
     Args:
         levels: the trees, smallest first, the full tree last (it covers every other).
-        times: the process's step times (kept on the model, shared by generations).
+        history: the process's step times and acceptance (kept on the model, shared by generations).
         batch_size: rows in the cache.
     """
 
-    def __init__(self, levels: list[TreeBuffers], times: StepTimes, batch_size: int):
-        self.levels, self.times = levels, times
+    def __init__(self, levels: list[TreeBuffers], history: LevelHistory, batch_size: int):
+        self.levels, self.history = levels, history
         self.tokens = [[1.0] * batch_size for _ in levels]  # [level][row] expected tokens per step
         self.seen = [[0] * batch_size for _ in levels]  # [level][row] steps that measured it
+        self.known = [[False] * batch_size for _ in levels]  # [level][row] measured, or known from earlier rows
+        # [level][row] the position the next replayed copy step is after (None: the row's text so far)
+        self.replayed: list[list[int | None]] = [[None] * batch_size for _ in levels]
+        self.copy_only = [i for i, tree in enumerate(levels) if tree.copy_chains and not tree.head_depth]
         self.probe_every, self.since_probe = FIRST_PROBE, 0
 
     def choose(self, batch_size: int, live: list[int]) -> int:
         """The level to run next for the ``live`` cache rows."""
         full = len(self.levels) - 1
-        seconds = [self.times.seconds(batch_size, tree) for tree in self.levels]
+        seconds = [self.history.seconds(batch_size, tree) for tree in self.levels]
         if None in seconds:  # measure every level's step time first, largest first
             return max(i for i, s in enumerate(seconds) if s is None)
-        if any(not self.seen[full][r] for r in live):  # a new row: measure every level at once
+        if any(not self.known[full][r] for r in live):  # the first rows: measure every level at once
             return full
         speeds = [sum(self.tokens[level][r] for r in live) / len(live) / s for level, s in enumerate(seconds)]
         best = max(range(full), key=speeds.__getitem__)
@@ -97,38 +126,74 @@ class AcceptanceFollower:
             self.probe_every, self.since_probe = FIRST_PROBE, 0
             return full
         self.since_probe += 1
-        if self.since_probe >= self.probe_every:
+        if self.since_probe >= max(self.probe_every, (seconds[full] / seconds[best] - 1) / PROBE_BUDGET):
             self.since_probe, self.probe_every = 0, min(2 * self.probe_every, LAST_PROBE)
             return full
         return best
 
+    def _observe(self, level: int, row: int, tokens: int) -> None:
+        self.seen[level][row] += 1
+        self.known[level][row] = True
+        weight = max(SMOOTHING, 1 / self.seen[level][row])
+        self.tokens[level][row] += weight * (tokens - self.tokens[level][row])
+
     def update(self, level: int, live: list[int], head_length: list[int], copy_length: list[int]) -> None:
-        """Book a step of ``level``: how far each live row's head paths and copy branches got."""
+        """Book a step of ``level``: how far each live row's head paths and copy branches got (the copy-only
+        levels are booked by :meth:`replay` instead)."""
         ran = self.levels[level]
         for other, tree in enumerate(self.levels):
-            if covers(ran, tree):
+            if covers(ran, tree) and other not in self.copy_only:
                 for r in live:
-                    self.seen[other][r] += 1
-                    observed = 1 + accepted_by(tree, head_length[r], copy_length[r])
-                    weight = max(SMOOTHING, 1 / self.seen[other][r])
-                    self.tokens[other][r] += weight * (observed - self.tokens[other][r])
+                    self._observe(other, r, 1 + accepted_by(tree, head_length[r], copy_length[r]))
 
-    def reset_rows(self, rows: list[int]) -> None:
-        """Rows that start a new prompt: nothing measured yet."""
-        for estimates, seen in zip(self.tokens, self.seen):
+    def replay(self, texts: dict[int, torch.Tensor]) -> None:
+        """Book the steps the copy-only levels would have taken on each live row's text so far (``texts[row]``,
+        prompt and reply, 1-D), as far as the text is known: their tokens depend on the text alone."""
+        for level in self.copy_only:
+            for r, text in texts.items():
+                if self.replayed[level][r] is None:
+                    self.replayed[level][r] = len(text) - 1
+        while True:
+            due = [(level, r) for level in self.copy_only for r, text in texts.items()
+                   if self.replayed[level][r] + 2 + self.levels[level].copy_depth <= len(text)]
+            if not due:
+                return
+            depth = max(self.levels[level].copy_depth for level, _ in due)
+            padded = torch.nn.utils.rnn.pad_sequence([texts[r] for _, r in due], batch_first=True, padding_value=-1)
+            steps = torch.tensor([self.replayed[level][r] for level, r in due], device=padded.device)
+            got = copy_agreement(padded, steps, self.levels[due[0][0]].copy_chains, depth).tolist()
+            for (level, r), agreed in zip(due, got):
+                accepted = min(agreed, self.levels[level].copy_depth)
+                self._observe(level, r, 1 + accepted)
+                self.replayed[level][r] += accepted + 1
+
+    def finish_rows(self, rows: list[int]) -> None:
+        """Rows that finished: what they measured becomes the next rows' first estimate."""
+        for level, tree in enumerate(self.levels):
             for r in rows:
-                estimates[r], seen[r] = 1.0, 0
+                if self.seen[level][r]:
+                    self.history.remember(tree, self.tokens[level][r])
+
+    def reset_rows(self, rows: list[int], prompt_lengths: list[int]) -> None:
+        """Rows that start a new prompt of ``prompt_lengths`` tokens: the estimates earlier rows left."""
+        for level, tree in enumerate(self.levels):
+            prior = self.history.tokens(tree)
+            for r, length in zip(rows, prompt_lengths):
+                self.tokens[level][r] = 1.0 if prior is None else prior
+                self.seen[level][r], self.known[level][r] = 0, prior is not None
+                self.replayed[level][r] = length - 1  # the first step is after the prompt's last token
 
     def resized(self, levels: list[TreeBuffers], rows: list[int]) -> "AcceptanceFollower":
         """The follower of a smaller batch of ``rows`` (old indices, new order) with its own ``levels``: a row
         keeps what it measured of each level it had; the full tree of a new level set is measured anew."""
-        follower = AcceptanceFollower(levels, self.times, len(rows))
+        follower = AcceptanceFollower(levels, self.history, len(rows))
         known = {tree.key: level for level, tree in enumerate(self.levels)}
         for level, tree in enumerate(levels[:-1] if levels[-1].key != self.levels[-1].key else levels):
             if tree.key in known:
                 old = known[tree.key]
-                follower.tokens[level] = [self.tokens[old][r] for r in rows]
-                follower.seen[level] = [self.seen[old][r] for r in rows]
+                for mine, theirs in ((follower.tokens, self.tokens), (follower.seen, self.seen),
+                                     (follower.known, self.known), (follower.replayed, self.replayed)):
+                    mine[level] = [theirs[old][r] for r in rows]
         return follower
 
 

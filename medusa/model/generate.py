@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .adaptive import AcceptanceFollower, StepTimes, draft_levels
+from .adaptive import AcceptanceFollower, LevelHistory, draft_levels
 from .attention import grouped_query_attention
 from .cache_pool import CachePool
 from .candidates import COPY_CHAINS, COPY_DEPTH, copy_candidates, generate_candidates
@@ -58,7 +58,8 @@ class DecodeSetup:
             model's default tree; ``"none"``: no head nodes).
         tree_policy: the tree for each batch size where generation names none (None: the default tree).
         pool: decode caches and CUDA graphs kept between generations.
-        step_times: step times measured on this device, for trees that follow acceptance.
+        level_history: step times measured on this device and tokens per step rows got, for trees that follow
+            acceptance.
         tokenizer: decodes a single prompt's stream (None: no text) and names its EOS when the base
             model's generation config does not.
         context: the base model's context in tokens (None: unbounded).
@@ -68,7 +69,7 @@ class DecodeSetup:
     tree_buffers: Callable[..., TreeBuffers]
     tree_policy: TreePolicy | None
     pool: CachePool
-    step_times: StepTimes
+    level_history: LevelHistory
     tokenizer: PreTrainedTokenizerBase | None
     context: int | None
 
@@ -406,7 +407,8 @@ def _decode(setup: DecodeSetup, trees, step_fn, rows: RowScheduler, capacity: in
         cache, graphs = stack.enter_context(setup.pool.take(capacity, rows.batch_size))
         rows.rows, root, hidden = start(cache)
         levels = _levels(setup, trees, cache.batch_size, adaptive)
-        follower = AcceptanceFollower(levels, setup.step_times, cache.batch_size)
+        follower = AcceptanceFollower(levels, setup.level_history, cache.batch_size)
+        follower.reset_rows(list(range(cache.batch_size)), [rows.prompts[i].shape[0] for i in rows.rows])
         active = torch.ones(cache.batch_size, dtype=torch.bool, device=device)
         while True:
             live = [r for r, i in enumerate(rows.rows) if i is not None]
@@ -424,10 +426,13 @@ def _decode(setup: DecodeSetup, trees, step_fn, rows: RowScheduler, capacity: in
             tokens, accept_length, head_length, copy_length, root, hidden = step(root, hidden, active)
             host = torch.cat([accept_length[:, None], head_length[:, None], copy_length[:, None], tokens], dim=1)
             host = host.tolist()  # the step's one host sync
-            if len(levels) > 1:
-                setup.step_times.record(cache.batch_size, buffers, time.perf_counter() - started)
-                follower.update(level, live, [h[1] for h in host], [h[2] for h in host])
             report, finished = rows.record([[h[0]] + h[3:] for h in host])
+            if len(levels) > 1:
+                setup.level_history.record(cache.batch_size, buffers, time.perf_counter() - started)
+                follower.update(level, live, [h[1] for h in host], [h[2] for h in host])
+                follower.replay({r: torch.cat([rows.prompts[i], torch.tensor(rows.outputs[i], device=device)])
+                                 for r, i in enumerate(rows.rows) if i is not None})
+                follower.finish_rows([r for r in live if rows.rows[r] is None])
             yield report
             if finished:
                 if rows.done:
@@ -443,7 +448,7 @@ def _decode(setup: DecodeSetup, trees, step_fn, rows: RowScheduler, capacity: in
                     hidden = hidden.index_copy(0, index, fresh_hidden)
                     for r, i in zip(free, new):
                         rows.rows[r] = i
-                    follower.reset_rows(free)
+                    follower.reset_rows(free, [rows.prompts[i].shape[0] for i in new])
                 keep = rows.rows_to_keep()
                 if keep is not None:  # drop finished rows into a smaller cache
                     index = torch.tensor(keep, device=device)

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from . import checkpoint
-from .adaptive import StepTimes
+from .adaptive import LevelHistory
 from .cache_pool import CachePool
 from .config import MedusaConfig
 from .generate import DecodeSetup, medusa_generate
@@ -80,7 +80,7 @@ class MedusaModel(nn.Module):
         self.cache_pool = CachePool(base_model, self.context_length)  # caches, graphs and trees kept between calls
         self._lm_head_fp32: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.tree_policy = None
-        self.step_times = StepTimes()  # measured once per process, for trees that follow acceptance
+        self.level_history = LevelHistory()  # per process, for trees that follow acceptance
         self.default_medusa_choices = None  # the tree used when generation names none and there is no policy
 
     # ----------------------------------------------------------------------------- loading / saving
@@ -262,7 +262,7 @@ class MedusaModel(nn.Module):
 
     def decode_setup(self) -> DecodeSetup:
         """What the decode loop uses of this model, as it stands now (policy, tokenizer and step times may be replaced)."""
-        return DecodeSetup(self, self.tree_buffers, self.tree_policy, self.cache_pool, self.step_times, self.tokenizer,
+        return DecodeSetup(self, self.tree_buffers, self.tree_policy, self.cache_pool, self.level_history, self.tokenizer,
                            self.context_length)
 
     def medusa_generate(self, input_ids: torch.Tensor, **kwargs):
