@@ -2,10 +2,7 @@
 
 Every generation is timed with device synchronisation, batch size 1, temperature 0. Prints a table per
 category and overall (tokens/s of each, Medusa tokens per step, both speedups, the fraction of answers
-identical to the library's greedy loop over all their tokens, peak GPU memory) and writes JSON. With
-``--fp32-logits`` every question is decoded a second time with ``MedusaModel.fp32_logits`` on in both loops
-(figures under ``fp32_logits``): whether fp32 base logits make bf16 answers identical more often, and at what
-cost. Then, on a
+identical to the library's greedy loop over all their tokens, peak GPU memory) and writes JSON. Then, on a
 random-weight 7B-shaped Llama with random heads, the per-step overhead c = Medusa step / greedy step - 1
 (``benchmarks/step_overhead.py``; ``--overhead-shape none`` skips it).
 
@@ -88,8 +85,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test (use --dtype float32)")
     parser.add_argument("--compile-step", action="store_true",
                         help="greedy loop and Medusa steps (and the 7B ones) through torch.compile")
-    parser.add_argument("--fp32-logits", action="store_true",
-                        help="also decode every question with fp32 base logits in both loops (MedusaModel.fp32_logits)")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
 
@@ -102,35 +97,26 @@ def main(argv: list[str] | None = None) -> None:
     n = args.max_new_tokens
     choices = {tree: tree_arguments(tree) for tree in args.trees}
     common = {"max_new_tokens": n, "compile_step": args.compile_step}
-    logits = [False, True] if args.fp32_logits else [False]
     # Warm-up at full length on the longest prompt (it sizes the pooled cache) and the shortest: together they
     # capture the graph of every cache span the timed runs reach when the prompts' lengths differ by at most n
     # (MT-bench first turns: 42-402 tokens), so no capture is timed.
     for prompt in (max(prompts, key=lambda p: p.shape[1]), min(prompts, key=lambda p: p.shape[1])):
-        for fp32 in logits:
-            model.fp32_logits = fp32
-            decode(model, prompt, choices, common)
+        decode(model, prompt, choices, common)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
 
     rows = []
     for i, (q, prompt) in enumerate(zip(questions, prompts)):
         row = {"question_id": q["question_id"], "category": q["category"]}
-        for fp32 in logits:  # one question both ways before the next: the same machine state
-            model.fp32_logits = fp32
-            decoded, greedy = decode(model, prompt, choices, common)
-            if fp32:
-                row["fp32_logits"] = decoded
-            else:
-                row |= decoded
-                reference = greedy
+        decoded, greedy = decode(model, prompt, choices, common)
+        row |= decoded
         if i < args.hf_limit:
             out, row["hf_s"] = timed(lambda: model.base_model.generate(prompt, max_new_tokens=n, do_sample=False,
                                                                        attention_mask=torch.ones_like(prompt)))
             hf = out[0, prompt.shape[1]:].tolist()
             row["hf_tokens"] = len(hf)
-            row["hf_identical_to_greedy"] = hf == reference
-            row["hf_first_difference"] = first_difference(hf, reference)
+            row["hf_identical_to_greedy"] = hf == greedy
+            row["hf_first_difference"] = first_difference(hf, greedy)
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -140,26 +126,21 @@ def main(argv: list[str] | None = None) -> None:
         if hf:
             s["hf_tok_s"] = sum(r["hf_tokens"] for r in hf) / sum(r["hf_s"] for r in hf)
             s["hf_identical_to_greedy"] = sum(r["hf_identical_to_greedy"] for r in hf) / len(hf)
-        s |= loops_summary(subset, s.get("hf_tok_s"))
-        if args.fp32_logits:
-            s["fp32_logits"] = loops_summary([r["fp32_logits"] for r in subset], s.get("hf_tok_s"))
-        return s
+        return s | loops_summary(subset, s.get("hf_tok_s"))
 
     by_category = collections.defaultdict(list)
     for r in rows:
         by_category[r["category"]].append(r)
     result = {"gpu": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "dtype": args.dtype,
-              "compile_step": args.compile_step, "fp32_logits": args.fp32_logits,
+              "compile_step": args.compile_step,
               "max_new_tokens": n, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
               "overall": summary(rows), "categories": {c: summary(rs) for c, rs in sorted(by_category.items())},
               "rows": rows}
     for name, s in [("overall", result["overall"])] + list(result["categories"].items()):
-        for label, loops in [(name, s)] + ([(f"{name} fp32", s["fp32_logits"])] if args.fp32_logits else []):
-            medusa = "  ".join(f"{t}: {v['tok_s']:.0f} tok/s, {v['tokens_per_step']:.2f} tok/step, "
-                               f"x{v['speedup_vs_greedy']:.2f}, same {v['identical_to_greedy']:.2f}"
-                               for t, v in loops.items() if t.startswith("medusa"))
-            print(f"{label:17s} greedy {loops['greedy_tok_s']:.0f} tok/s  hf {s.get('hf_tok_s', float('nan')):.1f} tok/s  "
-                  f"{medusa}")
+        medusa = "  ".join(f"{t}: {v['tok_s']:.0f} tok/s, {v['tokens_per_step']:.2f} tok/step, "
+                           f"x{v['speedup_vs_greedy']:.2f}, same {v['identical_to_greedy']:.2f}"
+                           for t, v in s.items() if t.startswith("medusa"))
+        print(f"{name:12s} greedy {s['greedy_tok_s']:.0f} tok/s  hf {s.get('hf_tok_s', float('nan')):.1f} tok/s  {medusa}")
     if cuda:
         print(f"peak memory {result['peak_memory_gib']:.2f} GiB")
     if args.overhead_shape != "none":

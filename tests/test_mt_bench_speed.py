@@ -40,22 +40,3 @@ def test_mt_bench_benchmark_reports_speeds_and_the_random_weight_overhead(tmp_pa
     assert overhead["greedy_eager_tokens_per_step"] == 1.0
     assert f"c = {overhead['overhead_c']:.3f}" in capsys.readouterr().out
 
-
-def test_fp32_logits_decodes_every_question_both_ways(tmp_path, capsys):
-    args = command_line(tmp_path)
-    heads, questions = args[args.index("--model") + 1], args[args.index("--questions") + 1]
-    main(["--model", heads, "--questions", questions, "--device", "cpu", "--dtype", "bfloat16", "--max-new-tokens",
-          "12", "--hf-limit", "1", "--trees", "[[0], [0, 0]]@0x0", "--overhead-shape", "none", "--fp32-logits",
-          "--output", str(tmp_path / "out.json")])
-    result = json.loads((tmp_path / "out.json").read_text())
-    assert result["fp32_logits"] is True and result["dtype"] == "bfloat16"
-    for row in result["rows"]:
-        assert row["greedy_tokens"] == row["fp32_logits"]["greedy_tokens"] == 12
-        assert row["fp32_logits"]["medusa[[[0], [0, 0]]@0x0]"]["tokens"] == 12
-    fp32 = result["overall"]["fp32_logits"]
-    medusa = fp32["medusa[[[0], [0, 0]]@0x0]"]
-    assert medusa["identical_to_greedy"] == 1.0
-    assert medusa["speedup_vs_greedy"] == pytest.approx(medusa["tok_s"] / fp32["greedy_tok_s"])
-    assert fp32["greedy_tok_s"] != result["overall"]["greedy_tok_s"]  # timed apart
-    out = capsys.readouterr().out
-    assert "overall fp32" in out and "x fp32" in out

@@ -3,7 +3,7 @@ CUDA graphs captured on it (so that graphs are captured once for many prompts) a
 they read (docs/design.md, "The KV cache").
 
 A graph reads the weights, caches and buffers it was captured on at their addresses, so a model whose
-weights move, change dtype or change logit path takes a new pool: see ``MedusaModel``."""
+weights move or change dtype takes a new pool: see ``MedusaModel``."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,11 +28,6 @@ class CachePool:
         self.caches: dict[int, MedusaKVCache] = {}  # by batch size
         self.graphs: dict[int, dict[tuple, GraphedStep]] = {}  # by batch size, then by the decode loop's key
         self.trees: dict[tuple, TreeBuffers] = {}  # by (head paths, copy chains, copy depth)
-
-    @property
-    def in_use(self) -> bool:
-        """Whether a generation holds one of the pooled caches."""
-        return any(cache.in_use for cache in self.caches.values())
 
     def tree_buffers(self, paths: list[list[int]], copy_chains: int, copy_depth: int) -> TreeBuffers:
         """The buffers of a tree of head ``paths`` with copy branches, on the base model's device, built once."""

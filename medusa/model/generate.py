@@ -42,9 +42,6 @@ class Network(Protocol):
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
-    @property
-    def fp32_logits(self) -> bool: ...  # lm_logits in float32: part of a captured graph's key
-
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -417,8 +414,8 @@ def _decode(setup: DecodeSetup, trees, step_fn, rows: RowScheduler, capacity: in
             step = partial(step_fn, network, buffers, cache, config=config, split_lengths=len(levels) > 1)
             cache.check_capacity(buffers.num_nodes)
             span = cache.fit_span(buffers.num_nodes)
-            if cuda_graph:  # one graph per step function, tree, span, attention, split and logits dtype: a few per generation
-                key = (step_fn, buffers.key, span, config.fold_gqa, len(levels) > 1, network.fp32_logits)
+            if cuda_graph:  # one graph per step function, tree, span, attention and split: a few per generation
+                key = (step_fn, buffers.key, span, config.fold_gqa, len(levels) > 1)
                 if key not in graphs:
                     graphs[key] = GraphedStep(step, (root, hidden, active), cache)
                 step = graphs[key]

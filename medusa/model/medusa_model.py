@@ -5,7 +5,6 @@ import os
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from . import checkpoint
@@ -78,7 +77,6 @@ class MedusaModel(nn.Module):
         self._cache_kwarg = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
         self._softcap = getattr(text_config, "final_logit_softcapping", None)
         self.cache_pool = CachePool(base_model, self.context_length)  # caches, graphs and trees kept between calls
-        self._lm_head_fp32: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.tree_policy = None
         self.level_history = LevelHistory()  # per process, for trees that follow acceptance
         self.default_medusa_choices = None  # the tree used when generation names none and there is no policy
@@ -185,57 +183,16 @@ class MedusaModel(nn.Module):
         """The base model's context in tokens (``max_position_embeddings``); None where its config names none."""
         return getattr(self.base_model.config.get_text_config(), "max_position_embeddings", None)
 
-    @property
-    def fp32_logits(self) -> bool:
-        """Compute the base logits (:meth:`lm_logits`) in float32 from a float32 copy of the lm_head.
-
-        One switch for every loop on this model (Medusa steps, the greedy loop, prefill, CUDA-graph and
-        compiled steps): in bf16 or fp16 the two loops then differ only by the rounding of the layers
-        below the lm_head (docs/design.md, "Greedy output in bf16"). The heads' logits keep the model's
-        dtype (they only propose). The copy (``vocab x hidden`` float32: 4 bytes a weight) is taken when
-        switched on and again when the model moves (``.to()``); switch off and on after changing a bf16
-        or fp16 lm_head's weights in place. With TF32 matmuls allowed
-        (``torch.backends.cuda.matmul.allow_tf32``, off by default) the product's inputs are rounded to
-        TF32. Raises ValueError for a non-bool or a quantised lm_head.
-        """
-        return self._lm_head_fp32 is not None
-
-    @fp32_logits.setter
-    def fp32_logits(self, on: bool) -> None:
-        if not isinstance(on, bool):
-            raise ValueError(f"fp32_logits must be True or False; got {on!r}.")
-        if on and not self.lm_head.weight.is_floating_point():
-            raise ValueError(f"fp32_logits needs a floating-point lm_head; this one is {self.lm_head.weight.dtype} "
-                             "(quantised).")
-        if not on and self._lm_head_fp32 is None:
-            return
-        if self.cache_pool.in_use:  # its CUDA graphs read the logit path they were captured with
-            raise RuntimeError("fp32_logits cannot change while a generation is in progress: finish or close its "
-                               "stream first.")
-        self._lm_head_fp32 = self._fp32_lm_head() if on else None
-        self.cache_pool = CachePool(self.base_model, self.context_length)
-
-    def _fp32_lm_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        bias = getattr(self.lm_head, "bias", None)
-        return self.lm_head.weight.detach().float(), None if bias is None else bias.detach().float()
-
     def _apply(self, fn, recurse=True):
-        """Moves and casts (``.to()``, ``.cuda()``, ``.half()``) also renew the fp32 lm_head copy from the moved
-        weights, and the pool of caches, graphs and tree buffers (they hold the old device, dtype and addresses)."""
+        """Moves and casts (``.to()``, ``.cuda()``, ``.half()``) also renew the pool of caches, CUDA graphs and tree
+        buffers, which hold the old device, dtype and addresses."""
         super()._apply(fn, recurse)
-        if self.fp32_logits:
-            self._lm_head_fp32 = self._fp32_lm_head()
         self.cache_pool = CachePool(self.base_model, self.context_length)
         return self
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Base logits ``[..., V]`` from hidden states ``[..., d]`` (with the model's logit soft-capping); float32
-        with :attr:`fp32_logits`."""
-        if self._lm_head_fp32 is None:
-            logits = self.lm_head(hidden)
-        else:
-            weight, bias = self._lm_head_fp32
-            logits = F.linear(hidden.to(weight.device, torch.float32), weight, bias)
+        """Base logits ``[..., V]`` from hidden states ``[..., d]`` (with the model's logit soft-capping)."""
+        logits = self.lm_head(hidden)
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
