@@ -45,7 +45,7 @@ def test_levels_under_a_tree_and_what_each_step_tells_of_them():
     assert [accepted_by(t, 2, 7) for t in (NONE, HEADS, short, full)] == [0, 2, 4, 7]
 
 
-def test_step_times_drop_the_first_step_and_then_stay_fixed():
+def test_step_times_drop_the_first_step_and_follow_the_latest_steps():
     times = LevelHistory()
     for s in (9.0, 1.0):
         times.record(1, FULL, s)
@@ -53,7 +53,10 @@ def test_step_times_drop_the_first_step_and_then_stay_fixed():
     times.record(1, FULL, 3.0)
     assert times.seconds(1, FULL) == 2.0  # median of 1 and 3; the first (capture) step dropped
     times.record(1, FULL, 100.0)
-    assert times.seconds(1, FULL) == 2.0 and times.seconds(2, FULL) is None
+    assert times.seconds(1, FULL) == 3.0 and times.seconds(2, FULL) is None
+    for _ in range(adaptive.TIME_WINDOW):  # the machine got slower: the median follows within a window
+        times.record(1, FULL, 5.0)
+    assert times.seconds(1, FULL) == 5.0
 
 
 def test_unmeasured_levels_are_run_first_largest_first():
@@ -84,12 +87,18 @@ def test_the_level_with_most_tokens_per_second_wins_and_the_full_tree_is_probed_
     assert follower.choose(1, [0, 1]) == 2 and follower.probe_every == adaptive.FIRST_PROBE
 
 
-def test_a_small_level_must_beat_the_full_tree_by_the_margin():
-    follower = AcceptanceFollower([NONE, FULL], timed({NONE: 1.0, FULL: 1.0}), 1)
-    follower.known = [[True], [True]]
-    follower.tokens = [[1.0], [1.0 / adaptive.MARGIN + 1e-6]]  # the full tree slightly slower, within the margin
+def test_a_small_level_must_beat_the_full_tree_and_any_draft_plain_decoding_by_the_margin():
+    follower = AcceptanceFollower([NONE, HEADS, FULL], timed({NONE: 1.0, HEADS: 1.0, FULL: 1.0}), 1)
+    follower.known = [[True]] * 3
+    follower.tokens = [[1.0], [2.0], [2.0 / adaptive.MARGIN + 1e-6]]  # the full tree slightly slower, within the margin
+    assert follower.choose(1, [0]) == 2
+    follower.tokens[2][0] = 2.0 / adaptive.MARGIN - 1e-3
     assert follower.choose(1, [0]) == 1
-    follower.tokens[1][0] = 1.0 / adaptive.MARGIN - 1e-3
+    follower.tokens = [[1.0], [adaptive.MARGIN - 1e-3], [1.0]]  # the best draft faster than plain, within the margin
+    assert follower.choose(1, [0]) == 0
+    follower.tokens[1][0] = adaptive.MARGIN + 1e-3
+    assert follower.choose(1, [0]) == 1
+    follower.tokens = [[1.0], [1.0], [adaptive.MARGIN - 1e-3]]  # the full tree too
     assert follower.choose(1, [0]) == 0
 
 

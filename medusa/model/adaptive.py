@@ -11,11 +11,11 @@ tokens a step of each level gives it:
   level under it would have accepted (a level whose heads and copy depth it covers).
 
 A new row starts from what earlier rows of the process measured (the first row ever verifies the full
-tree first). Each level's step time is measured on the device in use, per batch size, over its first
-few steps in the process, then kept fixed, so that decisions depend only on what the drafts achieve. A
-batch shares one tree per step: the level with the best mean over the live rows of (tokens per step) /
-(seconds per step) wins, the full tree keeping its place unless a smaller level promises :data:`MARGIN`
-more. While a smaller level wins, the full tree is tried again now and then (after 8 steps, doubling up
+tree first). Each level's step time is measured on the device in use, per batch size: the median of its
+latest steps. A batch shares one tree per step: the level with the best mean over the live rows of
+(tokens per step) / (seconds per step) wins, with two margins (:data:`MARGIN`) against estimates that
+err: among the drafts the full tree keeps its place unless a smaller level promises that much more, and
+any draft must promise that much more than plain decoding. While a smaller level wins, the full tree is tried again now and then (after 8 steps, doubling up
 to 64 while it keeps losing, and never so often that the tries cost more than :data:`PROBE_BUDGET` of
 the time), so a row whose head drafts start being accepted again gets them back, and a row whose
 drafts are not accepted stops paying for verification.
@@ -30,13 +30,16 @@ from .tree import TreeBuffers
 
 # Weight of the newest step in a row's running estimate, once the row has more than 1 / SMOOTHING steps.
 SMOOTHING = 0.15
-# A smaller level must promise this much more speed than the full tree to replace it: accept lengths are
-# noisy (0 on one step, 9 on the next), and leaving the full tree loses its gains until the next probe.
-# Measured on an H200 at batch size 1, where the full tree costs ~1.3 plain steps, following every
-# estimate without a margin ran at 2.02x the greedy loop on MT-bench against 2.39x for the fixed tree.
+# A smaller level must promise this much more speed than the full tree to replace it, and a draft this
+# much more than plain decoding: accept lengths are noisy (0 on one step, 9 on the next) and come in bursts,
+# so estimates lag. Measured on an H200 at batch size 1, where the full tree costs ~1.3 plain steps,
+# following every estimate without a margin ran at 2.02x the greedy loop on MT-bench against 2.39x for
+# the fixed tree; on a 2-core CPU, where drafts cost 2-3 plain steps, drafts chosen on estimates a few
+# per cent above plain decoding ran at 0.8-0.9x it (benchmarks/HISTORY.md).
 MARGIN = 1.15
 SHORT_COPY = 4  # the shorter copy branches tried (where each verified token costs, as on a CPU)
-TIMED_STEPS = 2  # step times measured per level and batch size, after one untimed step (graph capture)
+TIMED_STEPS = 2  # step times a level needs before it is chosen on them, after one untimed step (graph capture)
+TIME_WINDOW = 8  # a level's step time is the median of its latest steps (machine load drifts)
 FIRST_PROBE, LAST_PROBE = 8, 64
 # Most of a row's time that trying the full tree may take while a smaller level wins (on a CPU, where the
 # full tree costs ~4 plain steps, this spaces the tries by ~150 steps).
@@ -45,8 +48,8 @@ PROBE_BUDGET = 0.02
 
 class LevelHistory:
     """What trees that follow acceptance keep for a process (one per model): each level's seconds per step by
-    batch size, from its first :data:`TIMED_STEPS` timed steps, and the tokens per step each level gave the
-    rows so far (a running mean, a new row's first estimate)."""
+    batch size, the median of its latest :data:`TIME_WINDOW` steps (after at least :data:`TIMED_STEPS`), and
+    the tokens per step each level gave the rows so far (a running mean, a new row's first estimate)."""
 
     def __init__(self):
         self._samples: dict[tuple, list[float]] = {}
@@ -54,8 +57,9 @@ class LevelHistory:
 
     def record(self, batch_size: int, tree: TreeBuffers, seconds: float) -> None:
         samples = self._samples.setdefault((batch_size, tree.key), [])
-        if len(samples) <= TIMED_STEPS:  # the first sample includes capture or compilation: dropped below
-            samples.append(seconds)
+        samples.append(seconds)  # the first sample includes capture or compilation: never used
+        if len(samples) > TIME_WINDOW + 1:
+            del samples[1]
 
     def seconds(self, batch_size: int, tree: TreeBuffers) -> float | None:
         samples = self._samples.get((batch_size, tree.key), [])
@@ -121,15 +125,19 @@ class AcceptanceFollower:
         if any(not self.known[full][r] for r in live):  # the first rows: measure every level at once
             return full
         speeds = [sum(self.tokens[level][r] for r in live) / len(live) / s for level, s in enumerate(seconds)]
-        best = max(range(full), key=speeds.__getitem__)
-        if speeds[full] * MARGIN >= speeds[best]:
+        # Among the drafts, the full tree keeps its place unless a smaller one promises MARGIN more; any draft
+        # must promise MARGIN more than plain decoding (levels[0]), which costs nothing when estimates err.
+        best = max(range(1, full), key=speeds.__getitem__, default=full)
+        draft = full if speeds[full] * MARGIN >= speeds[best] else best
+        if draft == full and speeds[full] >= MARGIN * speeds[0]:
             self.probe_every, self.since_probe = FIRST_PROBE, 0
             return full
+        choice = draft if speeds[draft] >= MARGIN * speeds[0] else 0
         self.since_probe += 1
-        if self.since_probe >= max(self.probe_every, (seconds[full] / seconds[best] - 1) / PROBE_BUDGET):
+        if self.since_probe >= max(self.probe_every, (seconds[full] / seconds[choice] - 1) / PROBE_BUDGET):
             self.since_probe, self.probe_every = 0, min(2 * self.probe_every, LAST_PROBE)
             return full
-        return best
+        return choice
 
     def _observe(self, level: int, row: int, tokens: int) -> None:
         self.seen[level][row] += 1
