@@ -73,6 +73,7 @@ logger = logging.getLogger(__name__)
 _RESBLOCK_WEIGHT = re.compile(r"^\d+\.\d+\.linear\.weight$")
 BACKBONE_DIR = "backbone"  # Medusa-2 exports: the merged backbone, a plain Hugging Face model with its tokenizer
 HEADS_DIR = "heads"  # Medusa-2 exports: the heads in the engine's layout, naming BACKBONE_DIR as their base
+VLLM_VERSIONS = "0.9.0 to 0.32.0"  # the releases whose V1 engine serves Medusa (0.33.0 removed it; docs/serving.md)
 FASTERDECODING_MODEL_TYPES = ("llama", "mistral")  # the architectures FasterDecoding's MedusaModel dispatches to
 
 

@@ -34,7 +34,7 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .export import HeadsCheckpoint, load_heads_checkpoint
+from .export import VLLM_VERSIONS, HeadsCheckpoint, load_heads_checkpoint
 from .model.checkpoint import CheckpointError
 
 README = "README.md"
@@ -161,7 +161,8 @@ for out in model.medusa_generate(ids, max_new_tokens=256):
     print(out["new_text"], end="", flush=True)
 ```
 
-With vLLM (export to its key names first; see `docs/serving.md` of medusa-llm):
+With vLLM {VLLM_VERSIONS} (later releases removed Medusa; export to its key names first; see `docs/serving.md`
+of medusa-llm):
 
 ```bash
 hf download {repo_id} --local-dir medusa-heads

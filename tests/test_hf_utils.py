@@ -73,7 +73,7 @@ def test_upload_round_trip(heads_dir, hub, tmp_path, base):
     for expected in ["| Heads | 3 |", "self-distilled ShareGPT prompts", "| num_examples | 1234 |",
                      "| 0 | 0.560 | 0.780 |", "| 2 | 0.200 | – |", "| Tokens per step (per base forward) | 2.41 |",
                      "| Speedup over plain greedy decoding | 1.87 |", "| Hardware | H200 |",
-                     '"method": "medusa"', "--format vllm", '"num_speculative_tokens": 3', "--format tgi",
+                     "With vLLM 0.9.0 to 0.32.0 (later releases removed Medusa", '"method": "medusa"', "--format vllm", '"num_speculative_tokens": 3', "--format tgi",
                      "--model-id /data/medusa-tgi",
                      'snapshot_download("me/medusa-tiny")']:
         assert expected in card, expected
