@@ -27,6 +27,7 @@ from ..model.medusa_model import default_dtype
 from ..model.candidates import COPY_DEPTH
 from ..model.eos import eos_token_ids
 from ..model.generate import check_copy_shape
+from ..model.posterior import POSTERIOR_ALPHA, POSTERIOR_THRESHOLD
 from ..model.sampling import resolve_sampling
 from .chat_io import STYLES
 from .conversation import ASSISTANT, USER, Conversation
@@ -68,8 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default: 0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: %(default)s)")
     p.add_argument("--seed", type=int, help="seed the sampling for reproducible replies")
-    p.add_argument("--posterior-threshold", type=float, help="typical acceptance epsilon (default: the library's, 0.09)")
-    p.add_argument("--posterior-alpha", type=float, help="typical acceptance alpha (default: the library's, 0.3)")
+    p.add_argument("--posterior-threshold", type=float, help=f"typical acceptance epsilon (default: {POSTERIOR_THRESHOLD})")
+    p.add_argument("--posterior-alpha", type=float, help=f"typical acceptance alpha (default: {POSTERIOR_ALPHA})")
     p.add_argument("--conv-template", help="FastChat conversation template (e.g. vicuna_v1.1) instead of the "
                                            "tokenizer's chat template; needed for models without one")
     p.add_argument("--conv-system-msg", help="system message of the conversation")
