@@ -64,6 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--copy-depth", type=int, help="tokens per copy branch (default: the library's, 10)")
     p.add_argument("--adaptive", choices=["on", "off"], help="trees that follow acceptance (default: on for greedy "
                                                              "decoding on a CPU, else off)")
+    p.add_argument("--compile-step", action="store_true",
+                   help="fuse the decode step with torch.compile: about half the step time on a GPU, but the first reply "
+                        "waits while it compiles (about a minute; several seconds when PyTorch's on-disk cache holds an "
+                        "earlier run's; benchmarks/RESULTS.md); greedy and typical sampling only")
     p.add_argument("--sampling", choices=["lossless", "typical"], help="for temperature > 0: lossless (default; exactly "
                    "the base model's distribution) or typical (lossy, accepts more)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default: 0 = all)")
@@ -89,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if sampling != "typical" and (args.posterior_threshold is not None or args.posterior_alpha is not None):
         p.error(f"--posterior-threshold and --posterior-alpha apply to --sampling typical only, not to {sampling} "
                 "decoding")
+    if args.compile_step and sampling == "lossless":
+        p.error("--compile-step needs greedy decoding or --sampling typical (lossless sampling walks the tree on the "
+                "host)")
     if args.max_steps < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         p.error("--max-steps and --max-new-tokens must be >= 1")
     try:
@@ -201,6 +208,8 @@ class Chat:
                                 if getattr(args, name) is not None})  # unset: the library's defaults
         if args.adaptive is not None:
             self.gen_kwargs["adaptive"] = args.adaptive == "on"
+        if args.compile_step:
+            self.gen_kwargs["compile_step"] = True
         if args.seed is not None:
             self.gen_kwargs["generator"] = torch.Generator(model.lm_head.weight.device).manual_seed(args.seed)
 
