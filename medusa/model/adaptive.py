@@ -34,15 +34,15 @@ SMOOTHING = 0.15
 # much more than plain decoding: accept lengths are noisy (0 on one step, 9 on the next) and come in bursts,
 # so estimates lag. Measured on an H200 at batch size 1, where the full tree costs ~1.3 plain steps,
 # following every estimate without a margin ran at 2.02x the greedy loop on MT-bench against 2.39x for
-# the fixed tree; on a 2-core CPU, where drafts cost 2-3 plain steps, drafts chosen on estimates a few
-# per cent above plain decoding ran at 0.8-0.9x it (benchmarks/HISTORY.md).
+# the fixed tree; on a 2-core CPU, where drafts cost 2-3 plain steps, rows kept the full tree within the
+# first margin while plain decoding was faster (benchmarks/HISTORY.md, eighth session).
 MARGIN = 1.15
 SHORT_COPY = 4  # the shorter copy branches tried (where each verified token costs, as on a CPU)
 TIMED_STEPS = 2  # step times a level needs before it is chosen on them, after one untimed step (graph capture)
 TIME_WINDOW = 8  # a level's step time is the median of its latest steps (machine load drifts)
 FIRST_PROBE, LAST_PROBE = 8, 64
-# Most of a row's time that trying the full tree may take while a smaller level wins (on a CPU, where the
-# full tree costs ~4 plain steps, this spaces the tries by ~150 steps).
+# Most of a row's time that trying the full tree may take while a smaller level wins (on a 2-core CPU, where
+# the full tree cost ~3 plain steps, this spaces the tries by ~100 steps).
 PROBE_BUDGET = 0.02
 
 
