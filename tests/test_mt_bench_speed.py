@@ -40,3 +40,18 @@ def test_mt_bench_benchmark_reports_speeds_and_the_random_weight_overhead(tmp_pa
     assert overhead["greedy_eager_tokens_per_step"] == 1.0
     assert f"c = {overhead['overhead_c']:.3f}" in capsys.readouterr().out
 
+
+
+def test_repeats_keep_each_loops_fastest_run(tmp_path):
+    args = command_line(tmp_path)
+    heads, questions = args[args.index("--model") + 1], args[args.index("--questions") + 1]
+    main(["--model", heads, "--questions", questions, "--device", "cpu", "--dtype", "float32", "--max-new-tokens",
+          "8", "--hf-limit", "0", "--trees", "[[0], [0, 0]]@0x0", "--overhead-shape", "none", "--repeats", "3",
+          "--output", str(tmp_path / "out.json")])
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["repeats"] == 3
+    for row in result["rows"]:
+        medusa = row["medusa[[[0], [0, 0]]@0x0]"]
+        assert len(row["greedy_s_runs"]) == len(medusa["s_runs"]) == 3
+        assert row["greedy_s"] == min(row["greedy_s_runs"]) and medusa["s"] == min(medusa["s_runs"])
+    assert result["overall"]["greedy_tok_s"] == pytest.approx(24 / sum(r["greedy_s"] for r in result["rows"]))
