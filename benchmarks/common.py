@@ -2,6 +2,7 @@
 the decode loop's per-step overhead, and host-memory peaks."""
 
 import importlib.util
+import json
 import time
 from types import ModuleType
 
@@ -9,6 +10,15 @@ import torch
 
 from medusa.eval.answers import drain
 from medusa.eval.random_model import random_medusa
+
+
+# ----------------------------------------------------------------------------- output
+def print_and_save(result: dict, path: str | None) -> None:
+    """Print a benchmark's JSON result, and write it to ``path`` when one is given."""
+    print(json.dumps(result, indent=1))
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 # ----------------------------------------------------------------------------- timing

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from benchmarks.common import timed
+from benchmarks.common import print_and_save, timed
 from medusa.eval.questions import DEFAULT_QUESTIONS, load_questions, render_chat
 from medusa.model import MedusaModel
 
@@ -69,10 +69,7 @@ def main() -> None:
             with open(args.artifacts, "wb") as f:
                 f.write(saved[0])
             result["artifacts_bytes"] = len(saved[0])
-    print(json.dumps(result, indent=1))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=1)
+    print_and_save(result, args.output)
 
 
 if __name__ == "__main__":

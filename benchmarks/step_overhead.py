@@ -8,9 +8,8 @@ reports the per-step overhead c = medusa_step / greedy_step - 1.
 """
 
 import argparse
-import json
 
-from benchmarks.common import measure_step_overhead
+from benchmarks.common import measure_step_overhead, print_and_save
 from medusa.eval.random_model import SHAPES
 
 def main() -> None:
@@ -24,10 +23,7 @@ def main() -> None:
     parser.add_argument("--output")
     args = parser.parse_args()
     result = measure_step_overhead(args.shape, args.tree, args.prompt_len, args.new_tokens, args.device, args.compile_step)
-    print(json.dumps(result, indent=1))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=1)
+    print_and_save(result, args.output)
 
 
 if __name__ == "__main__":
