@@ -6,7 +6,7 @@ import torch
 from medusa.model import adaptive, generate_medusa_buffers
 from medusa.model.adaptive import AcceptanceFollower, LevelHistory, accepted_by, covers, draft_levels
 from tests.fitting import greedy_reference
-from tests.test_copy_branches import repetitive_prompt
+from tests.test_copy_branches import brute_force_matches, repetitive_prompt
 from tests.test_generate import CUSTOM, batch_prompts, fitted, prompts, random_heads
 from tests.tiny import tiny_model
 
@@ -115,12 +115,12 @@ def test_a_step_updates_the_levels_it_covers_but_the_copy_levels_and_estimates_s
     assert follower.tokens[3][0] == pytest.approx(1.0, abs=1e-6)
 
 
-def observed(follower, monkeypatch) -> list[tuple[int, int, int]]:
-    """Every (level, row, tokens) the follower books."""
+def observed(follower, monkeypatch) -> list[tuple[int, int, int, int]]:
+    """Every (level, row, tokens, match) the follower books of a replayed copy step."""
     booked = []
-    observe = follower._observe
-    monkeypatch.setattr(follower, "_observe", lambda level, r, tokens: (booked.append((level, r, tokens)),
-                                                                        observe(level, r, tokens)))
+    observe = follower._observe_copy
+    monkeypatch.setattr(follower, "_observe_copy", lambda level, r, match, tokens: (
+        booked.append((level, r, tokens, match)), observe(level, r, match, tokens)))
     return booked
 
 
@@ -128,7 +128,7 @@ def observed(follower, monkeypatch) -> list[tuple[int, int, int]]:
 def test_replayed_copy_levels_book_what_verifying_the_copies_accepts(depth, monkeypatch):
     model = fitted("llama", 4)
     copy = model.tree_buffers("none", 2, depth)
-    longest = 0
+    longest, history, everything = 0, timed({}), []
     for input_ids in [repetitive_prompt(1), repetitive_prompt(2), prompts(8, 1)[0]]:
         real = [out["accept_length"] for out in model.medusa_generate(
             input_ids, max_new_tokens=40, medusa_choices="none", copy_chains=2, copy_depth=depth, adaptive=False,
@@ -136,17 +136,50 @@ def test_replayed_copy_levels_book_what_verifying_the_copies_accepts(depth, monk
         text = torch.cat([input_ids[0], torch.tensor(greedy_reference(model.base_model, input_ids, 40))])
         booked = {}
         for grown in (False, True):  # the whole text at once, and token by token as a generation reveals it
-            follower = AcceptanceFollower([NONE, copy], timed({}), 2)
+            follower = AcceptanceFollower([NONE, copy], history, 2)
             follower.reset_rows([1], [input_ids.shape[1]])
             booked[grown] = observed(follower, monkeypatch)
             for end in range(input_ids.shape[1], len(text) + 1) if grown else [len(text)]:
                 follower.replay({1: text[:end]})
+            # The next step's root is the text's last token: its match, by a brute-force search.
+            assert follower.match[1] == max((n for n, _ in brute_force_matches(text.tolist())), default=0)
         assert booked[False] == booked[True]
-        assert all(level == 1 and r == 1 for level, r, _ in booked[False])
-        tokens = [t for *_, t in booked[False]]
-        assert tokens == [1 + a for a in real[: len(tokens)]] and len(tokens) >= len(real) - depth
+        everything += booked[False] + booked[True]
+        assert all(level == 1 and r == 1 for level, r, *_ in booked[False])
+        tokens = [t for _, _, t, _ in booked[False]]
+        assert tokens == [1 + a for a in real[: len(tokens)]] and len(tokens) >= len(real) - depth - 1
+        # Each replayed step is booked with the match of its root's text (the step after position t).
+        t = input_ids.shape[1] - 1
+        for _, _, tokens_, match in booked[False]:
+            assert match == max((n for n, _ in brute_force_matches(text[: t + 2].tolist())), default=0)
+            t += tokens_
         longest = max(longest, *tokens)
     assert longest > 3  # copies were accepted
+    # The process's mean for each match: what every replayed step after such a match gave.
+    for match in range(5):
+        tokens = [t for _, _, t, m in everything if m == match]
+        assert history.copy_tokens(copy, match) == (pytest.approx(sum(tokens) / len(tokens)) if tokens else None)
+    assert {m for *_, m in everything} >= {0, 3}
+
+
+def test_copy_levels_are_estimated_by_the_match_of_the_next_step_and_mixed_levels_by_their_better_part():
+    levels = [NONE, HEADS, COPY, FULL]
+    history = timed({NONE: 1.0, HEADS: 1.0, COPY: 1.0, FULL: 1.3})
+    follower = AcceptanceFollower(levels, history, 2)
+    for match, tokens in ((0, 1), (0, 1), (0, 2), (3, 5), (3, 4)):
+        history.record_copy(COPY, match, tokens)
+    follower.tokens[1] = [2.0, 1.5]  # the heads alone, per row
+    follower.match = [3, 0]
+    assert follower.estimate(2, 0) == 4.5 and follower.estimate(2, 1) == pytest.approx(4 / 3)
+    assert follower.estimate(3, 0) == 4.5 and follower.estimate(3, 1) == 1.5  # the better of heads and copies
+    follower.match = [2, 2]  # no step has followed a 2-token match yet: the row's own estimate
+    follower.tokens[2], follower.tokens[3] = [1.25, 1.0], [3.0, 2.5]
+    assert [follower.estimate(level, 0) for level in (2, 3)] == [1.25, 3.0]
+    follower.known = [[True] * 2 for _ in levels]
+    follower.match = [3, 3]
+    assert follower.choose(1, [0, 1]) == 2  # copies: 4.5 a step beat the heads' 2.0 and 1.5
+    follower.match = [0, 0]
+    assert follower.choose(1, [0, 1]) == 1  # no match: the heads (1.75 on average) beat copies (1.33)
 
 
 def test_the_first_rows_run_the_full_tree_first_and_later_rows_start_from_them():

@@ -5,18 +5,15 @@ import pytest
 import torch
 
 from medusa.model import generate_medusa_buffers
-from medusa.model.candidates import copy_candidates
+from medusa.model.candidates import copy_candidates, copy_match
 from tests.fitting import greedy_reference
 from tests.test_generate import CUSTOM, fitted, prompts, random_heads, run
 from tests.tiny import ARCHS, tiny_model
 
 
-def brute_force_copies(text: list[int], chains: int, depth: int, max_ngram: int = 3) -> list[list[int]]:
-    """Continuations of the ``chains`` best earlier matches of the text's last 1..max_ngram tokens.
-
-    Best: the longest match, then the latest; only positions with a match are returned (fewer than
-    ``chains`` when fewer match). A continuation running past the text repeats the text's last token.
-    """
+def brute_force_matches(text: list[int], max_ngram: int = 3) -> list[tuple[int, int]]:
+    """``(n, p)`` for every end position p before the text's last token where its last n >= 1 tokens occur (n up to
+    ``max_ngram``, as long as they match), best first: the longest match, then the latest."""
     n_text = len(text)
     scored = []
     for p in range(n_text - 1):  # end positions before the text's last token
@@ -25,8 +22,14 @@ def brute_force_copies(text: list[int], chains: int, depth: int, max_ngram: int 
             n += 1
         if n:
             scored.append((n, p))
-    scored.sort(reverse=True)
-    return [[text[min(p + 1 + j, n_text - 1)] for j in range(depth)] for _, p in scored[:chains]]
+    return sorted(scored, reverse=True)
+
+
+def brute_force_copies(text: list[int], chains: int, depth: int, max_ngram: int = 3) -> list[list[int]]:
+    """Continuations of the ``chains`` best earlier matches of the text's last 1..max_ngram tokens (fewer than
+    ``chains`` when fewer match). A continuation running past the text repeats the text's last token."""
+    best = brute_force_matches(text, max_ngram)[:chains]
+    return [[text[min(p + 1 + j, len(text) - 1)] for j in range(depth)] for _, p in best]
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -44,9 +47,12 @@ def test_copy_candidates_equal_a_brute_force_ngram_search(seed):
     long_row = length.clone()
     long_row[1] = span + 7
     torch.testing.assert_close(copy_candidates(text, long_row, chains, depth)[2:], copies[2:])
+    matches = copy_match(text, length)
     for b in range(batch):
-        expected = brute_force_copies(text[b, : int(length[b]) + 1].tolist(), chains, depth)
+        row = text[b, : int(length[b]) + 1].tolist()
+        expected = brute_force_copies(row, chains, depth)
         assert copies[b, : len(expected)].tolist() == expected
+        assert matches[b] == max((n for n, _ in brute_force_matches(row)), default=0)
 
 
 def test_copy_candidates_take_the_longest_then_the_latest_match():

@@ -6,9 +6,14 @@ decoding), the head paths alone, the copy branches alone (full length, and cut t
 tokens a step of each level gives it:
 
 - copied tokens depend on the text alone, so the copy-only levels are measured on every step by
-  replaying them on the row's text, whatever the step verified;
+  replaying them on the row's text, whatever the step verified. What they accept depends mostly on how
+  long a match the text's end has earlier in the text (:func:`~medusa.model.candidates.copy_match`: 0
+  to 3 tokens), so their estimate is the process's mean for the match of the step about to run, not a
+  running average of the row's past steps, which lags behind the end of every burst of copied text;
 - a step reports how far its head paths and its copy branches each got, which tells exactly what every
-  level under it would have accepted (a level whose heads and copy depth it covers).
+  level under it would have accepted (a level whose heads and copy depth it covers). A level with both
+  heads and copies is estimated by the better of its two parts where the follower has the heads alone
+  as a level (a conservative bound: the step gets the longer of the two).
 
 A new row starts from what earlier rows of the process measured (the first row ever verifies the full
 tree first). Each level's step time is measured on the device in use, per batch size: the median of its
@@ -25,7 +30,7 @@ import statistics
 
 import torch
 
-from .candidates import copy_agreement
+from .candidates import copy_agreement, copy_match
 from .tree import TreeBuffers
 
 # Weight of the newest step in a row's running estimate, once the row has more than 1 / SMOOTHING steps.
@@ -54,6 +59,7 @@ class LevelHistory:
     def __init__(self):
         self._samples: dict[tuple, list[float]] = {}
         self._tokens: dict[tuple, float] = {}
+        self._copies: dict[tuple, list[float]] = {}  # (tree, match) -> [mean tokens per step, steps]
 
     def record(self, batch_size: int, tree: TreeBuffers, seconds: float) -> None:
         samples = self._samples.setdefault((batch_size, tree.key), [])
@@ -73,6 +79,17 @@ class LevelHistory:
     def tokens(self, tree: TreeBuffers) -> float | None:
         """Tokens per step ``tree`` gave earlier rows; None before any."""
         return self._tokens.get(tree.key)
+
+    def record_copy(self, tree: TreeBuffers, match: int, tokens: int) -> None:
+        """Book a replayed step of the copy-only level ``tree`` taken after a ``match``-token match."""
+        mean = self._copies.setdefault((tree.key, match), [0.0, 0])
+        mean[1] += 1
+        mean[0] += (tokens - mean[0]) / mean[1]
+
+    def copy_tokens(self, tree: TreeBuffers, match: int) -> float | None:
+        """Mean tokens per step of the copy-only level ``tree`` after a ``match``-token match; None before any."""
+        mean = self._copies.get((tree.key, match))
+        return None if mean is None else mean[0]
 
 
 def head_paths(tree: TreeBuffers) -> tuple:
@@ -96,9 +113,10 @@ def accepted_by(tree: TreeBuffers, head_length: int, copy_length: int) -> int:
 class AcceptanceFollower:
     """Chooses each step's level for a batch from per-row running estimates and measured step times.
 
-    A row's estimate of a level is the mean of what the level gave the row so far, then (past
-    ``1 / SMOOTHING`` steps) a running average weighting recent steps more; before its first such
-    step, what the level gave earlier rows (:class:`LevelHistory`).
+    A row's estimate of a level with head paths is the mean of what the level gave the row so far, then
+    (past ``1 / SMOOTHING`` steps) a running average weighting recent steps more; before its first such
+    step, what the level gave earlier rows (:class:`LevelHistory`). Copy branches are estimated from the
+    match the row's text has now (see the module's docstring).
 
     Args:
         levels: the trees, smallest first, the full tree last (it covers every other).
@@ -114,6 +132,8 @@ class AcceptanceFollower:
         # [level][row] the position the next replayed copy step is after (None: the row's text so far)
         self.replayed: list[list[int | None]] = [[None] * batch_size for _ in levels]
         self.copy_only = [i for i, tree in enumerate(levels) if tree.copy_chains and not tree.head_depth]
+        self.heads_only = next((i for i, tree in enumerate(levels) if tree.head_depth and not tree.copy_chains), None)
+        self.match = [0] * batch_size  # [row] the match the row's next step copies after
         self.probe_every, self.since_probe = FIRST_PROBE, 0
 
     def choose(self, batch_size: int, live: list[int]) -> int:
@@ -124,7 +144,7 @@ class AcceptanceFollower:
             return max(i for i, s in enumerate(seconds) if s is None)
         if any(not self.known[full][r] for r in live):  # the first rows: measure every level at once
             return full
-        speeds = [sum(self.tokens[level][r] for r in live) / len(live) / s for level, s in enumerate(seconds)]
+        speeds = [sum(self.estimate(level, r) for r in live) / len(live) / s for level, s in enumerate(seconds)]
         # Among the drafts, the full tree keeps its place unless a smaller one promises MARGIN more; any draft
         # must promise MARGIN more than plain decoding (levels[0]), which costs nothing when estimates err.
         best = max(range(1, full), key=speeds.__getitem__, default=full)
@@ -138,6 +158,19 @@ class AcceptanceFollower:
             self.since_probe, self.probe_every = 0, min(2 * self.probe_every, LAST_PROBE)
             return full
         return choice
+
+    def estimate(self, level: int, row: int) -> float:
+        """The tokens a step of ``level`` is expected to give ``row`` now."""
+        tree = self.levels[level]
+        copied = self.history.copy_tokens(self._copy_level(tree), self.match[row]) if tree.copy_chains else None
+        if copied is None or (tree.head_depth and self.heads_only is None):
+            return self.tokens[level][row]
+        return max(copied, self.tokens[self.heads_only][row]) if tree.head_depth else copied
+
+    def _copy_level(self, tree: TreeBuffers) -> TreeBuffers:
+        """The copy-only level with ``tree``'s copy branches (``tree`` itself for one), whose replays estimate them."""
+        return next((self.levels[i] for i in self.copy_only if self.levels[i].copy_chains == tree.copy_chains
+                     and self.levels[i].copy_depth == tree.copy_depth), tree)
 
     def _observe(self, level: int, row: int, tokens: int) -> None:
         self.seen[level][row] += 1
@@ -156,24 +189,35 @@ class AcceptanceFollower:
 
     def replay(self, texts: dict[int, torch.Tensor]) -> None:
         """Book the steps the copy-only levels would have taken on each live row's text so far (``texts[row]``,
-        prompt and reply, 1-D), as far as the text is known: their tokens depend on the text alone."""
+        1-D: prompt, reply and the next step's root), as far as the text is known: their tokens depend on the
+        text alone. Then note the match each row's next step copies after."""
         for level in self.copy_only:
             for r, text in texts.items():
                 if self.replayed[level][r] is None:
-                    self.replayed[level][r] = len(text) - 1
+                    self.replayed[level][r] = len(text) - 2
         while True:
             due = [(level, r) for level in self.copy_only for r, text in texts.items()
                    if self.replayed[level][r] + 2 + self.levels[level].copy_depth <= len(text)]
             if not due:
-                return
+                break
             depth = max(self.levels[level].copy_depth for level, _ in due)
             padded = torch.nn.utils.rnn.pad_sequence([texts[r] for _, r in due], batch_first=True, padding_value=-1)
             steps = torch.tensor([self.replayed[level][r] for level, r in due], device=padded.device)
             got = copy_agreement(padded, steps, self.levels[due[0][0]].copy_chains, depth).tolist()
-            for (level, r), agreed in zip(due, got):
+            matches = copy_match(padded, steps + 1).tolist()
+            for (level, r), agreed, match in zip(due, got, matches):
                 accepted = min(agreed, self.levels[level].copy_depth)
-                self._observe(level, r, 1 + accepted)
+                self._observe_copy(level, r, match, 1 + accepted)
                 self.replayed[level][r] += accepted + 1
+        if texts:
+            rows = list(texts)
+            padded = torch.nn.utils.rnn.pad_sequence([texts[r] for r in rows], batch_first=True, padding_value=-1)
+            ends = torch.tensor([len(texts[r]) - 1 for r in rows], device=padded.device)
+            for r, match in zip(rows, copy_match(padded, ends).tolist()):
+                self.match[r] = match
+
+    def _observe_copy(self, level: int, row: int, match: int, tokens: int) -> None:
+        self.history.record_copy(self.levels[level], match, tokens)
 
     def finish_rows(self, rows: list[int]) -> None:
         """Rows that finished: what they measured becomes the next rows' first estimate."""
@@ -190,6 +234,8 @@ class AcceptanceFollower:
                 self.tokens[level][r] = 1.0 if prior is None else prior
                 self.seen[level][r], self.known[level][r] = 0, prior is not None
                 self.replayed[level][r] = length - 1  # the first step is after the prompt's last token
+        for r in rows:
+            self.match[r] = 0  # until replay() sees the row's root
 
     def resized(self, levels: list[TreeBuffers], rows: list[int]) -> "AcceptanceFollower":
         """The follower of a smaller batch of ``rows`` (old indices, new order) with its own ``levels``: a row
@@ -202,6 +248,7 @@ class AcceptanceFollower:
                 for mine, theirs in ((follower.tokens, self.tokens), (follower.seen, self.seen),
                                      (follower.known, self.known), (follower.replayed, self.replayed)):
                     mine[level] = [theirs[old][r] for r in rows]
+        follower.match = [self.match[r] for r in rows]
         return follower
 
 

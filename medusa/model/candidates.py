@@ -32,17 +32,8 @@ def copy_candidates(text: torch.Tensor, length: torch.Tensor, chains: int, depth
         ``[batch, chains, depth]`` long.
     """
     batch, span = text.shape
-    # A finished row waiting to leave the batch may be longer than the span of the live ones: its copies
-    # are never used, but its indices must stay inside the text.
-    length = length.clamp_max(span - 1)
+    length, matched = _ngram_matches(text, length, max_ngram)
     positions = torch.arange(span, device=text.device)
-    query = text.gather(1, (length[:, None] - torch.arange(max_ngram, device=text.device)).clamp_min(0))  # [batch, n]
-    run = torch.ones_like(text, dtype=torch.bool)  # the k + 1 tokens ending at p match the text's end
-    matched = torch.zeros_like(text)  # [batch, span] longest n-gram (up to max_ngram) ending at p
-    for k in range(max_ngram):
-        shifted = torch.nn.functional.pad(text, (k, 0), value=-1)[:, :span]  # text[b, p - k]
-        run = run & (shifted == query[:, k, None]) & (length[:, None] >= k)
-        matched += run
     # End positions before the query itself, so at least one token follows the match; without a match a
     # position ranks by recency alone, so filler chains are the same whatever the span (simulations match).
     score = torch.where(positions < length[:, None], matched * span + positions, -1 - positions)
@@ -50,6 +41,32 @@ def copy_candidates(text: torch.Tensor, length: torch.Tensor, chains: int, depth
     follow = ends[:, :, None] + 1 + torch.arange(depth, device=text.device)  # [batch, chains, depth]
     follow = torch.minimum(follow, length[:, None, None])
     return text.gather(1, follow.flatten(1)).view(batch, chains, depth)
+
+
+def _ngram_matches(text: torch.Tensor, length: torch.Tensor, max_ngram: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lengths clamped to the span, and ``[batch, span]``: the longest n-gram (up to ``max_ngram``) of the end of
+    ``text[b, : length[b] + 1]`` that ends at each position p (0 where ``text[b, p]`` differs from the last token)."""
+    span = text.shape[1]
+    # A finished row waiting to leave the batch may be longer than the span of the live ones: its copies
+    # are never used, but its indices must stay inside the text.
+    length = length.clamp_max(span - 1)
+    query = text.gather(1, (length[:, None] - torch.arange(max_ngram, device=text.device)).clamp_min(0))  # [batch, n]
+    run = torch.ones_like(text, dtype=torch.bool)  # the k + 1 tokens ending at p match the text's end
+    matched = torch.zeros_like(text)
+    for k in range(max_ngram):
+        shifted = torch.nn.functional.pad(text, (k, 0), value=-1)[:, :span]  # text[b, p - k]
+        run = run & (shifted == query[:, k, None]) & (length[:, None] >= k)
+        matched += run
+    return length, matched
+
+
+def copy_match(text: torch.Tensor, length: torch.Tensor, max_ngram: int = COPY_NGRAM) -> torch.Tensor:
+    """``[batch]`` long: the longest n-gram (0 to ``max_ngram``) of the end of ``text[b, : length[b] + 1]`` that occurs
+    earlier in it, the match :func:`copy_candidates` copies after; 0 when even the last token is new. Copied tokens
+    are accepted far more often after a long match (docs/trees.md)."""
+    length, matched = _ngram_matches(text, length, max_ngram)
+    earlier = torch.arange(text.shape[1], device=text.device) < length[:, None]
+    return torch.where(earlier, matched, 0).amax(-1)
 
 
 def copy_agreement(texts: torch.Tensor, steps: torch.Tensor, chains: int, depth: int) -> torch.Tensor:

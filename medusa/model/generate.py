@@ -386,6 +386,12 @@ def _levels(setup: DecodeSetup, trees, batch_size: int, adaptive: bool) -> list[
     return draft_levels(full, setup.tree_buffers) if adaptive else [full]
 
 
+def _row_texts(rows: RowScheduler, roots: list[int]) -> dict[int, torch.Tensor]:
+    """Each live cache row's text for trees that follow acceptance: prompt, reply so far and next root (1-D)."""
+    return {r: torch.cat([rows.prompts[i], torch.tensor(rows.outputs[i] + [roots[r]], device=rows.prompts[i].device)])
+            for r, i in enumerate(rows.rows) if i is not None}
+
+
 def _decode(setup: DecodeSetup, trees, step_fn, rows: RowScheduler, capacity: int, cuda_graph: bool, config: DecodingConfig,
             adaptive: bool) -> Iterator[list[dict | None]]:
     """Prefill the first ``rows.batch_size`` prompts in one right-padded forward, then batched steps; rows that
@@ -406,6 +412,8 @@ def _decode(setup: DecodeSetup, trees, step_fn, rows: RowScheduler, capacity: in
         levels = _levels(setup, trees, cache.batch_size, adaptive)
         follower = AcceptanceFollower(levels, setup.level_history, cache.batch_size)
         follower.reset_rows(list(range(cache.batch_size)), [rows.prompts[i].shape[0] for i in rows.rows])
+        if len(levels) > 1:
+            follower.replay(_row_texts(rows, root.tolist()))
         active = torch.ones(cache.batch_size, dtype=torch.bool, device=device)
         while True:
             live = [r for r, i in enumerate(rows.rows) if i is not None]
@@ -421,14 +429,13 @@ def _decode(setup: DecodeSetup, trees, step_fn, rows: RowScheduler, capacity: in
                 step = graphs[key]
             started = time.perf_counter()
             tokens, accept_length, head_length, copy_length, root, hidden = step(root, hidden, active)
-            host = torch.cat([accept_length[:, None], head_length[:, None], copy_length[:, None], tokens], dim=1)
-            host = host.tolist()  # the step's one host sync
-            report, finished = rows.record([[h[0]] + h[3:] for h in host])
+            host = torch.cat([accept_length[:, None], head_length[:, None], copy_length[:, None], root[:, None], tokens],
+                             dim=1).tolist()  # the step's one host sync
+            report, finished = rows.record([[h[0]] + h[4:] for h in host])
             if len(levels) > 1:
                 setup.level_history.record(cache.batch_size, buffers, time.perf_counter() - started)
                 follower.update(level, live, [h[1] for h in host], [h[2] for h in host])
-                follower.replay({r: torch.cat([rows.prompts[i], torch.tensor(rows.outputs[i], device=device)])
-                                 for r, i in enumerate(rows.rows) if i is not None})
+                follower.replay(_row_texts(rows, [h[3] for h in host]))
                 follower.finish_rows([r for r in live if rows.rows[r] is None])
             yield report
             if finished:
@@ -446,6 +453,8 @@ def _decode(setup: DecodeSetup, trees, step_fn, rows: RowScheduler, capacity: in
                     for r, i in zip(free, new):
                         rows.rows[r] = i
                     follower.reset_rows(free, [rows.prompts[i].shape[0] for i in new])
+                    if len(levels) > 1:
+                        follower.replay(_row_texts(rows, root.tolist()))
                 keep = rows.rows_to_keep()
                 if keep is not None:  # drop finished rows into a smaller cache
                     index = torch.tensor(keep, device=device)
