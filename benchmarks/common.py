@@ -48,8 +48,10 @@ def timed_generate(model, batch, max_new_tokens, **kwargs):
     """(outputs, steps, seconds) of the second of two identical calls.
 
     The first sizes the pooled cache and captures every graph the second needs (one per tree, batch
-    bucket and cache span), so the timed call captures none, as in a server after its warm-up.
+    bucket and cache span), so the timed call captures none, as in a server after its warm-up. The step
+    is not compiled unless ``compile_step`` is given: a background compile would switch steps mid-timing.
     """
+    kwargs.setdefault("compile_step", False)
     list(model.medusa_generate(batch, max_new_tokens=max_new_tokens, **kwargs))
     (outputs, steps), seconds = timed(lambda: drain_batch(model.medusa_generate(batch, max_new_tokens=max_new_tokens, **kwargs)))
     return outputs, steps, seconds

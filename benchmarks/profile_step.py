@@ -32,7 +32,7 @@ def kind(name: str) -> str:
 def steps(model, prompt, tree, n, cuda_graph, profiler=None):
     """Seconds per step over ``n`` steps (prefill and the first step, which captures a graph, excluded)."""
     stream = model.medusa_generate(prompt, max_new_tokens=8 * (n + 1), max_steps=n + 1, medusa_choices=tree,
-                                   cuda_graph=cuda_graph, eos_token_id=[])
+                                   cuda_graph=cuda_graph, eos_token_id=[], compile_step=False)
     next(stream)
     torch.cuda.synchronize()
     if profiler is not None:

@@ -389,8 +389,11 @@ def test_sampling_options_reach_the_decoder_and_seeds_repeat(tiny_heads, monkeyp
                                        "not to greedy decoding"),
     (["--temperature", "0.7", "--posterior-alpha", "0.5"], "--posterior-threshold and --posterior-alpha apply to "
                                                             "--sampling typical only, not to lossless decoding"),
-    (["--temperature", "0.7", "--compile-step"], "--compile-step needs greedy decoding or --sampling typical (lossless "
-                                                 "sampling walks the tree on the host)"),
+    (["--temperature", "0.7", "--compile-step", "now"], "--compile-step now needs greedy decoding or --sampling "
+                                                        "typical (lossless sampling walks the tree on the host)"),
+    (["--temperature", "0.7", "--compile-step", "background"], "--compile-step background needs greedy decoding or "
+                                                               "--sampling typical (lossless sampling walks the tree "
+                                                               "on the host)"),
 ])
 def test_bad_sampling_options_are_one_line_before_loading(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -405,8 +408,10 @@ def test_typical_posterior_options_reach_the_decoder(tiny_heads):
     chat = cli.Chat(cli.load_model(args), args, cli.STYLES["simple"]())
     assert chat.gen_kwargs["posterior_threshold"] == 0.2
     assert "posterior_alpha" not in chat.gen_kwargs and "compile_step" not in chat.gen_kwargs  # unset: the defaults
-    args = cli.parse_args(["--model", tiny_heads, "--compile-step"])
-    assert cli.Chat(cli.load_model(args), args, cli.STYLES["simple"]()).gen_kwargs["compile_step"] is True
+    for argv, value in ((["--compile-step", "background"], "'background'"), (["--compile-step", "now"], "True"),
+                        (["--compile-step", "off"], "False"), (["--temperature", "0.7", "--compile-step", "off"], "False")):
+        args = cli.parse_args(["--model", tiny_heads] + argv)
+        assert repr(cli.Chat(chat.model, args, cli.STYLES["simple"]()).gen_kwargs["compile_step"]) == value
 
 
 def test_trees_shipped_beside_the_heads_are_the_default(tmp_path):

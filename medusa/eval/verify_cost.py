@@ -48,9 +48,10 @@ def step_ms(model: MedusaModel, batch_size: int, tree_size: int, prompt_len: int
     prompts = [torch.randint(0, model.config.vocab_size, (prompt_len + new_tokens // 2,), generator=gen).to(device)
                for _ in range(batch_size)]  # a list: batch mode even for one row (no text decoding per step)
     steps = 1 + warmup + iters
+    # Uncompiled: a background compile would switch steps mid-timing.
     stream = model.medusa_generate(prompts, medusa_choices=timing_tree(model.config.medusa_num_heads, tree_size),
                                    copy_chains=0, adaptive=False, max_steps=steps, eos_token_id=[], cuda_graph=cuda_graph,
-                                   fold_gqa=fold_gqa)
+                                   fold_gqa=fold_gqa, compile_step=False)
     seconds = []
     start = time.perf_counter()
     for _ in stream:

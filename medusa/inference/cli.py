@@ -37,6 +37,9 @@ class CliError(Exception):
     """Bad input the CLI reports as one line."""
 
 
+COMPILE_STEP = {"background": "background", "now": True, "off": False}  # --compile-step -> medusa_generate's
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m medusa.inference.cli",
                                 description="Chat with a Medusa model (default: the demo model, SmolLM2-135M-Instruct).",
@@ -64,10 +67,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--copy-depth", type=int, help="tokens per copy branch (default: the library's, 10)")
     p.add_argument("--adaptive", choices=["on", "off"], help="trees that follow acceptance (default: on for greedy "
                                                              "decoding on a CPU, else off)")
-    p.add_argument("--compile-step", action="store_true",
-                   help="fuse the decode step with torch.compile: about half the step time on a GPU, but the first reply "
-                        "waits while it compiles (about a minute; several seconds when PyTorch's on-disk cache holds an "
-                        "earlier run's; benchmarks/RESULTS.md); greedy and typical sampling only")
+    p.add_argument("--compile-step", choices=list(COMPILE_STEP),
+                   help="fuse the decode step with torch.compile (about half the step time on a GPU; greedy and typical "
+                        "sampling only). background (default on a GPU with greedy decoding): replies start at once with "
+                        "the uncompiled step while the compiled one is made on a worker thread (about a minute the first "
+                        "time, while PyTorch's on-disk cache is cold; seconds after) and used once ready; in bfloat16 or "
+                        "float16 a reply can change there, as the compiled step rounds differently. now: the first reply "
+                        "waits while it compiles (benchmarks/RESULTS.md). off: never compiled")
     p.add_argument("--sampling", choices=["lossless", "typical"], help="for temperature > 0: lossless (default; exactly "
                    "the base model's distribution) or typical (lossy, accepts more)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default: 0 = all)")
@@ -93,9 +99,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if sampling != "typical" and (args.posterior_threshold is not None or args.posterior_alpha is not None):
         p.error(f"--posterior-threshold and --posterior-alpha apply to --sampling typical only, not to {sampling} "
                 "decoding")
-    if args.compile_step and sampling == "lossless":
-        p.error("--compile-step needs greedy decoding or --sampling typical (lossless sampling walks the tree on the "
-                "host)")
+    if COMPILE_STEP.get(args.compile_step) and sampling == "lossless":
+        p.error(f"--compile-step {args.compile_step} needs greedy decoding or --sampling typical (lossless sampling walks "
+                "the tree on the host)")
     if args.max_steps < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         p.error("--max-steps and --max-new-tokens must be >= 1")
     try:
@@ -208,8 +214,8 @@ class Chat:
                                 if getattr(args, name) is not None})  # unset: the library's defaults
         if args.adaptive is not None:
             self.gen_kwargs["adaptive"] = args.adaptive == "on"
-        if args.compile_step:
-            self.gen_kwargs["compile_step"] = True
+        if args.compile_step is not None:
+            self.gen_kwargs["compile_step"] = COMPILE_STEP[args.compile_step]
         if args.seed is not None:
             self.gen_kwargs["generator"] = torch.Generator(model.lm_head.weight.device).manual_seed(args.seed)
 

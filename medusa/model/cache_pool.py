@@ -1,6 +1,6 @@
 """What decoding keeps on the device between generations: one :class:`MedusaKVCache` per batch size, the
-CUDA graphs captured on it (so that graphs are captured once for many prompts) and the tree buffers
-they read (docs/design.md, "The KV cache").
+CUDA graphs captured on it (so that graphs are captured once for many prompts), the tree buffers
+they read (docs/design.md, "The KV cache") and the background compiler of decode steps.
 
 A graph reads the weights, caches and buffers it was captured on at their addresses, so a model whose
 weights move or change dtype takes a new pool: see ``MedusaModel``."""
@@ -10,13 +10,15 @@ from contextlib import contextmanager
 
 from transformers import PreTrainedModel
 
+from .compile_warmup import BackgroundCompiler
 from .cuda_graph import GraphedStep
 from .kv_cache import MedusaKVCache, free_memory, round_up_to_block
 from .tree import TreeBuffers, generate_medusa_buffers
 
 
 class CachePool:
-    """Pooled decode caches of one base model, all of one capacity, the graphs captured on each, and tree buffers.
+    """Pooled decode caches of one base model, all of one capacity, the graphs captured on each, tree buffers, and
+    the compiler that compiles decode steps in the background for this model (:mod:`medusa.model.compile_warmup`).
 
     Args:
         base_model: the HF causal LM the caches are shaped for (in its dtype, on its device at allocation).
@@ -28,6 +30,7 @@ class CachePool:
         self.caches: dict[int, MedusaKVCache] = {}  # by batch size
         self.graphs: dict[int, dict[tuple, GraphedStep]] = {}  # by batch size, then by the decode loop's key
         self.trees: dict[tuple, TreeBuffers] = {}  # by (head paths, copy chains, copy depth)
+        self.compiler = BackgroundCompiler()
 
     def tree_buffers(self, paths: list[list[int]], copy_chains: int, copy_depth: int) -> TreeBuffers:
         """The buffers of a tree of head ``paths`` with copy branches, on the base model's device, built once."""

@@ -3,7 +3,7 @@
 from collections.abc import Callable, Iterator
 import time
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache, partial
 from typing import Protocol
 
@@ -15,6 +15,7 @@ from .adaptive import AcceptanceFollower, LevelHistory, draft_levels
 from .attention import grouped_query_attention
 from .cache_pool import CachePool
 from .candidates import COPY_CHAINS, COPY_DEPTH, copy_candidates, generate_candidates
+from .compile_warmup import scratch_run
 from .cuda_graph import GraphedStep
 from .decoding import DecodingConfig
 from .eos import eos_token_ids
@@ -212,7 +213,7 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
                     eos_token_id: int | list[int] | None = None,
                     generator: torch.Generator | None = None, sampling: str | None = None, top_k: int = 0,
                     top_p: float = 1.0, cuda_graph: bool | None = None, tree_policy=None,
-                    batch_size: int | None = None, compile_step: bool = False, fold_gqa: bool = False,
+                    batch_size: int | None = None, compile_step: bool | str | None = None, fold_gqa: bool = False,
                     copy_chains: int | None = None, copy_depth: int = COPY_DEPTH,
                     adaptive: bool | None = None) -> Iterator:
     """Generate with Medusa heads, yielding after every step.
@@ -245,8 +246,14 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
             temperature 0).
         compile_step: run the step through ``torch.compile`` (fusing its many small kernels: norms,
             rotary embedding, masks) before any graph capture; greedy and typical sampling only.
-            Each new tree, batch size or cache span (256 slots) compiles on first use (seconds to
-            minutes); up to ``COMPILE_VARIANTS`` of them per process, then new ones run uncompiled.
+            Each new tree, batch size, cache shape or span (256 slots) is a variant that compiles on
+            first use (seconds to minutes); up to ``COMPILE_VARIANTS`` of them per process, then new
+            ones run uncompiled. ``True``: a step waits while its variant compiles. ``"background"``:
+            each variant runs uncompiled (from its CUDA graph where ``cuda_graph`` is on) while a worker
+            thread compiles it (:mod:`medusa.model.compile_warmup`), then compiled from the next step
+            after it is ready; in half precision the output can change there, as the compiled step
+            rounds differently. ``False``: never compiled. Default (None): ``"background"`` where the
+            step is graph-captured (``cuda_graph``), else False.
         copy_chains, copy_depth: copy branches (prompt lookup) added to the tree: ``copy_chains``
             chains of ``copy_depth`` tokens that followed the latest earlier occurrences of the text's
             last 1-3 tokens (in the prompt or the reply so far). 0 chains: heads only. Default
@@ -288,15 +295,20 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
         cuda_graph = device.type == "cuda" and config.sampling == "greedy"
     if cuda_graph and (device.type != "cuda" or config.sampling != "greedy"):
         raise ValueError("cuda_graph=True needs a CUDA model and greedy decoding (temperature 0).")
+    if compile_step is None:  # the graph-captured step serves while its compiled variants are made
+        compile_step = "background" if cuda_graph else False
+    if not isinstance(compile_step, bool) and compile_step != "background":
+        raise ValueError(f'compile_step must be None, True, False or "background"; got {compile_step!r}.')
     if compile_step and config.sampling == "lossless":
-        raise ValueError("compile_step=True needs greedy or typical sampling (lossless sampling walks the tree on "
-                         "the host).")
+        raise ValueError(f"compile_step={compile_step!r} needs greedy or typical sampling (lossless sampling walks "
+                         "the tree on the host).")
     if adaptive is None:
         adaptive = config.sampling == "greedy" and device.type == "cpu"
-    step = _compiled_tree_step(COMPILE_BACKEND) if compile_step else tree_step
+    compiled = _compiled_tree_step(COMPILE_BACKEND) if compile_step else None
+    step, later = (tree_step, compiled) if compile_step == "background" else (compiled or tree_step, None)
     rows = RowScheduler([p.to(device) for p in prompts], batch_size, budget, max_steps,
                         set(eos_token_ids(setup.network.base_model, eos_token_id, setup.tokenizer)))
-    decoder = _decode(setup, trees, step, rows, longest + budget + tree_size, cuda_graph, config, adaptive)
+    decoder = _decode(setup, trees, step, rows, longest + budget + tree_size, cuda_graph, config, adaptive, later)
     yield from (_single(setup.tokenizer, decoder) if single else decoder)
 
 
@@ -311,14 +323,13 @@ def _compiled_tree_step(backend: str):
     Static shapes: each tree, batch size and attention span gets its own compiled variant, as it gets
     its own CUDA graph. Left to infer dynamic shapes, inductor failed on the second span (torch 2.11
     and 2.13: "Expected !size_bytes_is_heap_allocated_").
+
+    Side effect: making it raises dynamo's process-wide ``recompile_limit`` to at least
+    ``COMPILE_VARIANTS``, for every compiled function of the process. A patch around each call would
+    set that global under the background compiler's thread, and restore it under the other thread.
     """
-    compiled = torch.compile(tree_step, backend=backend, dynamic=False)
-
-    def step(*args, **kwargs):
-        with torch._dynamo.config.patch(recompile_limit=COMPILE_VARIANTS):
-            return compiled(*args, **kwargs)
-
-    return step
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILE_VARIANTS)
+    return torch.compile(tree_step, backend=backend, dynamic=False)
 
 
 def check_copy_shape(copy_chains: int | None, copy_depth: int) -> None:
@@ -393,11 +404,19 @@ def _row_texts(rows: RowScheduler, roots: list[int]) -> dict[int, torch.Tensor]:
 
 
 def _decode(setup: DecodeSetup, trees, step_fn, rows: RowScheduler, capacity: int, cuda_graph: bool, config: DecodingConfig,
-            adaptive: bool) -> Iterator[list[dict | None]]:
+            adaptive: bool, compiled: Callable | None = None) -> Iterator[list[dict | None]]:
     """Prefill the first ``rows.batch_size`` prompts in one right-padded forward, then batched steps; rows that
-    finish take the next waiting prompts, and once none wait, leave the batch. See :func:`medusa_generate`."""
+    finish take the next waiting prompts, and once none wait, leave the batch. See :func:`medusa_generate`.
+
+    ``compiled``: the compiled step, asked of ``setup.pool.compiler`` for each variant ``step_fn`` runs and
+    used in its place once ready (None: ``step_fn`` throughout)."""
     device = rows.prompts[0].device
     network = setup.network
+    compiler = setup.pool.compiler
+    # Dynamo guards on the settings and on whether a generator is given, not on which: they key a variant.
+    # The worker samples with a generator of its own, so a seeded generator gives the same output.
+    settings = replace(config, generator=None), config.generator is None
+    worker_config = config if config.generator is None else replace(config, generator=torch.Generator(device))
 
     def start(cache: MedusaKVCache):
         """Prefill the next ``cache.batch_size`` waiting prompts into ``cache``: (their indices, roots, hidden states)."""
@@ -418,12 +437,22 @@ def _decode(setup: DecodeSetup, trees, step_fn, rows: RowScheduler, capacity: in
         while True:
             live = [r for r, i in enumerate(rows.rows) if i is not None]
             level = follower.choose(cache.batch_size, live) if len(levels) > 1 else 0
-            buffers = levels[level]
-            step = partial(step_fn, network, buffers, cache, config=config, split_lengths=len(levels) > 1)
+            buffers, split = levels[level], len(levels) > 1
             cache.check_capacity(buffers.num_nodes)
             span = cache.fit_span(buffers.num_nodes)
+            shape = (buffers.key, span, config.fold_gqa, split)
+            fn = step_fn
+            if compiled is not None:  # the compiled variant once the worker has it ready
+                variant = (compiled, *shape, cache.batch_size, cache.capacity, settings)
+                if compiler.ready(variant):
+                    fn = compiled
+                    graphs.pop((step_fn, *shape), None)  # the uncompiled graph's memory
+                else:
+                    compiler.request(variant, scratch_run(setup.pool, cache, partial(
+                        compiled, network, buffers, config=worker_config, split_lengths=split), (root, hidden, active)))
+            step = partial(fn, network, buffers, cache, config=config, split_lengths=split)
             if cuda_graph:  # one graph per step function, tree, span, attention and split: a few per generation
-                key = (step_fn, buffers.key, span, config.fold_gqa, len(levels) > 1)
+                key = (fn, *shape)
                 if key not in graphs:
                     graphs[key] = GraphedStep(step, (root, hidden, active), cache)
                 step = graphs[key]
