@@ -40,6 +40,10 @@ class BackgroundCompiler:
         self._state: dict[Hashable, str] = {}  # "pending", "ready" or "failed"
         self._worker: threading.Thread | None = None
         self._warned = False
+        # Held while the worker runs a job and while the decode loop captures a CUDA graph: on an H200 a
+        # capture failed (cudaErrorStreamCaptureInvalidated) when the worker launched work on its own
+        # stream during it, in either capture mode; so the loop runs a step eagerly rather than wait.
+        self.device_lock = threading.Lock()
 
     def request(self, key: Hashable, make_call: Callable[[], Call]) -> None:
         """Queue a compile of variant ``key``, unless it is ready, pending or failed.
@@ -76,7 +80,7 @@ class BackgroundCompiler:
                     return
                 key, call = self._jobs.popleft()
             try:
-                with torch.inference_mode():
+                with self.device_lock, torch.inference_mode():
                     done = call()
             except Exception as error:  # any failure leaves the uncompiled step serving
                 # One warning: a chat would otherwise print one at every new variant (a new span every 256 tokens).

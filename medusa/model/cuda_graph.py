@@ -33,10 +33,7 @@ class GraphedStep:
                 cache.length.copy_(length)  # the warm-up writes only beyond length; undo the advance
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        # Thread-local capture: in the default global mode, a call that is unsafe during capture (a
-        # synchronisation, an allocation) fails in any thread and invalidates this capture, so the
-        # background compiler working on its own stream (medusa.model.compile_warmup) could break it.
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(self.graph):
             self.outputs = step(*self.inputs)
 
     def __call__(self, *inputs: torch.Tensor):

@@ -253,7 +253,7 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
             thread compiles it (:mod:`medusa.model.compile_warmup`), then compiled from the next step
             after it is ready; in half precision the output can change there, as the compiled step
             rounds differently. ``False``: never compiled. Default (None): ``"background"`` where the
-            step is graph-captured (``cuda_graph``), else False.
+            step is graph-captured (``cuda_graph``) without ``fold_gqa``, else False.
         copy_chains, copy_depth: copy branches (prompt lookup) added to the tree: ``copy_chains``
             chains of ``copy_depth`` tokens that followed the latest earlier occurrences of the text's
             last 1-3 tokens (in the prompt or the reply so far). 0 chains: heads only. Default
@@ -296,7 +296,9 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
     if cuda_graph and (device.type != "cuda" or config.sampling != "greedy"):
         raise ValueError("cuda_graph=True needs a CUDA model and greedy decoding (temperature 0).")
     if compile_step is None:  # the graph-captured step serves while its compiled variants are made
-        compile_step = "background" if cuda_graph else False
+        # Not with fold_gqa: it switches the shared model config's attention while a step runs, which the
+        # worker's step would see.
+        compile_step = "background" if cuda_graph and not fold_gqa else False
     if not isinstance(compile_step, bool) and compile_step != "background":
         raise ValueError(f'compile_step must be None, True, False or "background"; got {compile_step!r}.')
     if compile_step and config.sampling == "lossless":
@@ -447,15 +449,19 @@ def _decode(setup: DecodeSetup, trees, step_fn, rows: RowScheduler, capacity: in
                 if compiler.ready(variant):
                     fn = compiled
                     graphs.pop((step_fn, *shape), None)  # the uncompiled graph's memory
-                else:
-                    compiler.request(variant, scratch_run(setup.pool, cache, partial(
-                        compiled, network, buffers, config=worker_config, split_lengths=split), (root, hidden, active)))
             step = partial(fn, network, buffers, cache, config=config, split_lengths=split)
             if cuda_graph:  # one graph per step function, tree, span, attention and split: a few per generation
                 key = (fn, *shape)
-                if key not in graphs:
-                    graphs[key] = GraphedStep(step, (root, hidden, active), cache)
-                step = graphs[key]
+                # While the worker runs a compile on the device this step runs eagerly, and is captured later.
+                if key not in graphs and compiler.device_lock.acquire(blocking=False):
+                    try:
+                        graphs[key] = GraphedStep(step, (root, hidden, active), cache)
+                    finally:
+                        compiler.device_lock.release()
+                step = graphs.get(key, step)
+            if fn is not compiled and compiled is not None:  # asked after the capture, which the worker would delay
+                compiler.request(variant, scratch_run(setup.pool, cache, partial(
+                    compiled, network, buffers, config=worker_config, split_lengths=split), (root, hidden, active)))
             started = time.perf_counter()
             tokens, accept_length, head_length, copy_length, root, hidden = step(root, hidden, active)
             host = torch.cat([accept_length[:, None], head_length[:, None], copy_length[:, None], root[:, None], tokens],
