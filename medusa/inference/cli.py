@@ -69,11 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                              "decoding on a CPU, else off)")
     p.add_argument("--compile-step", choices=list(COMPILE_STEP),
                    help="fuse the decode step with torch.compile (about half the step time on a GPU; greedy and typical "
-                        "sampling only). background (default on a GPU with greedy decoding): replies start at once with "
-                        "the uncompiled step while the compiled one is made on a worker thread (about a minute the first "
-                        "time, while PyTorch's on-disk cache is cold; seconds after) and used once ready; in bfloat16 or "
-                        "float16 a reply can change there, as the compiled step rounds differently. now: the first reply "
-                        "waits while it compiles (benchmarks/RESULTS.md). off: never compiled")
+                        "sampling only). background: replies start at once with the uncompiled step while the compiled one is "
+                        "made on a worker thread (about a minute the first time, while PyTorch's on-disk cache is cold; "
+                        "seconds after) and used once ready; the replies in the meantime stream slower, and in bfloat16 "
+                        "or float16 a reply can change at the switch, as the compiled step rounds differently. now: the "
+                        "first reply waits while it compiles. off (default): never compiled (benchmarks/RESULTS.md)")
     p.add_argument("--sampling", choices=["lossless", "typical"], help="for temperature > 0: lossless (default; exactly "
                    "the base model's distribution) or typical (lossy, accepts more)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default: 0 = all)")

@@ -8,8 +8,10 @@ switches to it. The worker's run leaves what the main thread needs in dynamo's c
 function, guards that match (same shapes, same inference mode), so the switch does not recompile.
 """
 
+import atexit
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
 
@@ -18,6 +20,8 @@ import torch
 from .kv_cache import free_memory
 
 logger = logging.getLogger(__name__)
+
+_compilers: "weakref.WeakSet[BackgroundCompiler]" = weakref.WeakSet()
 
 Call = Callable[[], bool]  # the worker's job for one variant: True once compiled, False if it chose not to
 
@@ -44,6 +48,7 @@ class BackgroundCompiler:
         # capture failed (cudaErrorStreamCaptureInvalidated) when the worker launched work on its own
         # stream during it, in either capture mode; so the loop runs a step eagerly rather than wait.
         self.device_lock = threading.Lock()
+        _compilers.add(self)
 
     def request(self, key: Hashable, make_call: Callable[[], Call]) -> None:
         """Queue a compile of variant ``key``, unless it is ready, pending or failed.
@@ -137,3 +142,11 @@ def scratch_run(pool, cache, step: Callable, inputs: tuple[torch.Tensor, ...]) -
         return call
 
     return make_call
+
+
+@atexit.register
+def _finish_compiles() -> None:
+    """Let running compiles end before the interpreter does: a process that exited while the worker compiled
+    aborted in PyTorch's teardown ("terminate called without an active exception", exit status 134)."""
+    for compiler in list(_compilers):
+        compiler.wait()

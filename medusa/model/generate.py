@@ -213,7 +213,7 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
                     eos_token_id: int | list[int] | None = None,
                     generator: torch.Generator | None = None, sampling: str | None = None, top_k: int = 0,
                     top_p: float = 1.0, cuda_graph: bool | None = None, tree_policy=None,
-                    batch_size: int | None = None, compile_step: bool | str | None = None, fold_gqa: bool = False,
+                    batch_size: int | None = None, compile_step: bool | str = False, fold_gqa: bool = False,
                     copy_chains: int | None = None, copy_depth: int = COPY_DEPTH,
                     adaptive: bool | None = None) -> Iterator:
     """Generate with Medusa heads, yielding after every step.
@@ -252,8 +252,11 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
             each variant runs uncompiled (from its CUDA graph where ``cuda_graph`` is on) while a worker
             thread compiles it (:mod:`medusa.model.compile_warmup`), then compiled from the next step
             after it is ready; in half precision the output can change there, as the compiled step
-            rounds differently. ``False``: never compiled. Default (None): ``"background"`` where the
-            step is graph-captured (``cuda_graph``) without ``fold_gqa``, else False.
+            rounds differently. While a variant compiles, every step waits longer for Python's lock
+            and a graph is captured only between compiles (a step that cannot be captured runs
+            eagerly), so the first reply streams slower than with ``False``; ``fold_gqa`` switches the
+            shared model config while a step runs and should not be combined with it. ``False``
+            (default): never compiled (benchmarks/RESULTS.md: why it is not the default).
         copy_chains, copy_depth: copy branches (prompt lookup) added to the tree: ``copy_chains``
             chains of ``copy_depth`` tokens that followed the latest earlier occurrences of the text's
             last 1-3 tokens (in the prompt or the reply so far). 0 chains: heads only. Default
@@ -295,12 +298,8 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
         cuda_graph = device.type == "cuda" and config.sampling == "greedy"
     if cuda_graph and (device.type != "cuda" or config.sampling != "greedy"):
         raise ValueError("cuda_graph=True needs a CUDA model and greedy decoding (temperature 0).")
-    if compile_step is None:  # the graph-captured step serves while its compiled variants are made
-        # Not with fold_gqa: it switches the shared model config's attention while a step runs, which the
-        # worker's step would see.
-        compile_step = "background" if cuda_graph and not fold_gqa else False
     if not isinstance(compile_step, bool) and compile_step != "background":
-        raise ValueError(f'compile_step must be None, True, False or "background"; got {compile_step!r}.')
+        raise ValueError(f'compile_step must be True, False or "background"; got {compile_step!r}.')
     if compile_step and config.sampling == "lossless":
         raise ValueError(f"compile_step={compile_step!r} needs greedy or typical sampling (lossless sampling walks "
                          "the tree on the host).")
