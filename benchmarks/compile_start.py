@@ -6,8 +6,8 @@ every variant it reaches; timed to the first token and to the end), a second com
 default tree. Run it twice with the same ``TORCHINDUCTOR_CACHE_DIR``: the second process shows what
 the on-disk caches (inductor's FX graph cache, AOTAutograd's cache) leave of the compile time. With
 ``--artifacts FILE``, the portable cache (``torch.compiler.save_cache_artifacts``) is loaded from FILE
-when it exists, else saved there at the end. With ``--background``, the library's default instead
-(compile in the background while the graph step serves): the first token of each loop, the wait until
+when it exists, else saved there at the end. With ``--background``, ``compile_step="background"`` instead
+(compiled in the background while the graph step serves): the first token of each loop, the wait until
 every variant requested is compiled, and two generations after.
 
     TORCHINDUCTOR_CACHE_DIR=/tmp/ic python -m benchmarks.compile_start --model medusa/demo_heads --base-model DIR
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--artifacts", help="portable compile cache: loaded if the file exists, else saved there")
     parser.add_argument("--background", action="store_true",
-                        help="time the default instead (compile_step=None: background compiling on a GPU): the first "
+                        help="time compile_step=\"background\" instead: the first "
                              "token, the wait until the compiled variants are ready, and the steps after")
     parser.add_argument("--output")
     args = parser.parse_args()
@@ -62,10 +62,10 @@ def main() -> None:
     prompt = render_chat(model.get_tokenizer(), [{"role": "user", "content": question["turns"][0]}]).cuda()
     if args.background:  # the graph step serves at once; the compiled one takes over when ready
         for label, tree in (("greedy", "none"), ("medusa", None)):
-            result[f"{label}_default_first"] = generation(model, prompt, tree, args.new_tokens, None)
+            result[f"{label}_default_first"] = generation(model, prompt, tree, args.new_tokens, "background")
             print(label, "default_first", json.dumps(result[f"{label}_default_first"]), flush=True)
         _, result["compile_wait_s"] = timed(model.cache_pool.compiler.wait)
-    runs = ((("default_compiled", None), ("default_again", None)) if args.background else
+    runs = ((("default_compiled", "background"), ("default_again", "background")) if args.background else
             (("compiled_first", True), ("compiled_again", True), ("graph", False), ("graph_again", False)))
     for label, tree in (("greedy", "none"), ("medusa", None)):
         for name, compile_step in runs:

@@ -97,9 +97,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also time a random-weight Llama of this shape for c = Medusa step / greedy step - 1")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test (use --dtype float32)")
     parser.add_argument("--compile-step", action="store_true",
-                        help="compile every step before it first runs (compile_step=True; also the 7B ones); without it the "
-                             "library's default: on a GPU, compiled in the background and used once ready (the "
-                             "warm-up waits for it)")
+                        help="greedy loop and Medusa steps (and the 7B ones) through torch.compile, compiled before "
+                             "each step variant first runs")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -113,16 +112,12 @@ def main(argv: list[str] | None = None) -> None:
     prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}]).to(args.device) for q in questions]
     n = args.max_new_tokens
     choices = {tree: tree_arguments(tree) for tree in args.trees}
-    common = {"max_new_tokens": n, "compile_step": True if args.compile_step else None}
+    common = {"max_new_tokens": n, "compile_step": args.compile_step}
     # Warm-up at full length on the longest prompt (it sizes the pooled cache) and the shortest: together they
     # capture the graph of every cache span the timed runs reach when the prompts' lengths differ by at most n
     # (MT-bench first turns: 42-402 tokens), so no capture is timed.
-    # With the GPU default (compile_step="background") the warm-up also asks for the compiled variants: wait for
-    # them, then warm up again, so that the timed runs use them and capture nothing.
-    for _ in range(2):
-        for prompt in (max(prompts, key=lambda p: p.shape[1]), min(prompts, key=lambda p: p.shape[1])):
-            decode(model, prompt, choices, common)
-        model.cache_pool.compiler.wait()
+    for prompt in (max(prompts, key=lambda p: p.shape[1]), min(prompts, key=lambda p: p.shape[1])):
+        decode(model, prompt, choices, common)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
 
