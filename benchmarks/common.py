@@ -47,17 +47,17 @@ def drain_batch(stream) -> tuple[list[list[int]], int]:
 def timed_generate(model, batch, max_new_tokens, **kwargs):
     """(outputs, steps, seconds) of the second of two identical calls.
 
-    The first sizes the pooled cache and captures every graph the second needs (one per tree, batch
-    bucket and cache span), so the timed call captures none, as in a server after its warm-up. The step
-    is not compiled unless ``compile_step`` is given: a background compile would switch steps mid-timing.
+    The first sizes the pooled cache and captures (and compiles) every graph the second needs (one per
+    tree, batch bucket and cache span), so the timed call captures none, as in a server after its warm-up.
     """
-    kwargs.setdefault("compile_step", False)
     list(model.medusa_generate(batch, max_new_tokens=max_new_tokens, **kwargs))
     (outputs, steps), seconds = timed(lambda: drain_batch(model.medusa_generate(batch, max_new_tokens=max_new_tokens, **kwargs)))
     return outputs, steps, seconds
 
 
 # ----------------------------------------------------------------------------- step overhead
+COMPILE_STEP = {"default": None, "on": True, "off": False}  # --compile-step -> medusa_generate's compile_step
+
 def _timed_run(model, prompt, tree, new_tokens, cuda_graph, compile_step=False):
     """(tokens, steps, seconds) of one generation, timed with device synchronisation; heads only (no copy
     branches: with them the "none" tree would speculate and stop being the greedy baseline)."""
@@ -68,13 +68,13 @@ def _timed_run(model, prompt, tree, new_tokens, cuda_graph, compile_step=False):
 
 
 def measure_step_overhead(shape: str = "7b", tree: str = "mc_sim_7b_63", prompt_len: int = 128, new_tokens: int = 256,
-                          device: str = "cuda", compile_step: bool = False) -> dict:
+                          device: str = "cuda", compile_step: bool | None = None) -> dict:
     """Step times of the greedy loop and of Medusa on a random-weight ``shape`` Llama with 5 random heads.
 
     On CUDA (bf16) eager and graph-replayed steps, else eager only (fp32). ``overhead_c`` is
     c = medusa_step / greedy_step - 1 of the graph steps where there are any. Checks first that the
-    loops give the tokens of Hugging Face ``generate`` (``identical_first_32_tokens``). With
-    ``compile_step`` every timed step runs through ``torch.compile`` (the checks stay uncompiled).
+    loops give the tokens of Hugging Face ``generate`` (``identical_first_32_tokens``), uncompiled.
+    ``compile_step``: of the timed steps (None: the library's default, compiled where the step is a graph).
     """
     cuda = device.startswith("cuda")
     model = random_medusa(shape, 5, torch.bfloat16 if cuda else torch.float32, device)

@@ -15,7 +15,7 @@ import json
 
 import torch
 
-from benchmarks.common import measure_step_overhead, timed
+from benchmarks.common import COMPILE_STEP, measure_step_overhead, timed
 from medusa.eval.answers import drain
 from medusa.eval.questions import DEFAULT_QUESTIONS, load_questions, render_chat
 from medusa.eval.random_model import SHAPES
@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overhead-shape", default="7b", choices=sorted(SHAPES) + ["none"],
                         help="also time a random-weight Llama of this shape for c = Medusa step / greedy step - 1")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test (use --dtype float32)")
-    parser.add_argument("--compile-step", action="store_true",
-                        help="greedy loop and Medusa steps (and the 7B ones) through torch.compile, compiled before "
-                             "each step variant first runs")
+    parser.add_argument("--compile-step", choices=list(COMPILE_STEP), default="default",
+                        help="medusa_generate's compile_step for the greedy loop, Medusa and the random-weight steps: default "
+                             "(None: compiled where the step is a CUDA graph), on or off")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts = [render_chat(tokenizer, [{"role": "user", "content": q["turns"][0]}]).to(args.device) for q in questions]
     n = args.max_new_tokens
     choices = {tree: tree_arguments(tree) for tree in args.trees}
-    common = {"max_new_tokens": n, "compile_step": args.compile_step}
+    common = {"max_new_tokens": n, "compile_step": COMPILE_STEP[args.compile_step]}
     # Warm-up at full length on the longest prompt (it sizes the pooled cache) and the shortest: together they
     # capture the graph of every cache span the timed runs reach when the prompts' lengths differ by at most n
     # (MT-bench first turns: 42-402 tokens), so no capture is timed.
@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"peak memory {result['peak_memory_gib']:.2f} GiB")
     if args.overhead_shape != "none":
         del model
-        result["overhead"] = o = measure_step_overhead(args.overhead_shape, device=args.device, compile_step=args.compile_step)
+        result["overhead"] = o = measure_step_overhead(args.overhead_shape, device=args.device,
+                                                       compile_step=COMPILE_STEP[args.compile_step])
         kind = "graph" if cuda else "eager"
         print(f"random-weight {args.overhead_shape} Llama, {o['tree']}: greedy step {o[f'greedy_{kind}_ms_per_step']:.3f} ms, "
               f"Medusa step {o[f'medusa_{kind}_ms_per_step']:.3f} ms ({kind}): c = {o['overhead_c']:.3f}")

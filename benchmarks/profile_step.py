@@ -15,6 +15,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from benchmarks.common import COMPILE_STEP
 from medusa.eval.questions import DEFAULT_QUESTIONS, load_questions, render_chat
 from medusa.eval.random_model import SHAPES, random_medusa
 from medusa.model import MedusaModel
@@ -29,10 +30,10 @@ def kind(name: str) -> str:
     return "other"
 
 
-def steps(model, prompt, tree, n, cuda_graph, profiler=None):
+def steps(model, prompt, tree, n, cuda_graph, compile_step, profiler=None):
     """Seconds per step over ``n`` steps (prefill and the first step, which captures a graph, excluded)."""
     stream = model.medusa_generate(prompt, max_new_tokens=8 * (n + 1), max_steps=n + 1, medusa_choices=tree,
-                                   cuda_graph=cuda_graph, eos_token_id=[], compile_step=False)
+                                   cuda_graph=cuda_graph, eos_token_id=[], compile_step=compile_step)
     next(stream)
     torch.cuda.synchronize()
     if profiler is not None:
@@ -55,6 +56,8 @@ def main() -> None:
     parser.add_argument("--base-model")
     parser.add_argument("--tree", help="Medusa tree (default: the default preset)")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--compile-step", choices=list(COMPILE_STEP), default="default",
+                        help="medusa_generate's compile_step: default (None: compiled where the step is a CUDA graph), on or off")
     parser.add_argument("--output")
     args = parser.parse_args()
 
@@ -67,10 +70,11 @@ def main() -> None:
         prompt = render_chat(model.get_tokenizer(), [{"role": "user", "content": question["turns"][0]}]).cuda()
     report = []
     for name, tree in (("greedy", "none"), ("medusa", args.tree)):
-        graph_ms = 1000 * steps(model, prompt, tree, args.steps, cuda_graph=True)
-        eager_ms = 1000 * steps(model, prompt, tree, args.steps, cuda_graph=False)
+        compile_step = COMPILE_STEP[args.compile_step]
+        graph_ms = 1000 * steps(model, prompt, tree, args.steps, True, compile_step)
+        eager_ms = 1000 * steps(model, prompt, tree, args.steps, False, compile_step)
         prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-        steps(model, prompt, tree, args.steps, cuda_graph=False, profiler=prof)
+        steps(model, prompt, tree, args.steps, False, compile_step, profiler=prof)
         kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
         per_step = {}
         for e in kernels:

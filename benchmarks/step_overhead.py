@@ -9,7 +9,7 @@ reports the per-step overhead c = medusa_step / greedy_step - 1.
 
 import argparse
 
-from benchmarks.common import measure_step_overhead, print_and_save
+from benchmarks.common import COMPILE_STEP, measure_step_overhead, print_and_save
 from medusa.eval.random_model import SHAPES
 
 def main() -> None:
@@ -19,10 +19,11 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--device", default="cuda", help="cuda (bf16, eager and graph) or cpu (fp32, eager: a smoke test)")
-    parser.add_argument("--compile-step", action="store_true", help="time steps run through torch.compile")
+    parser.add_argument("--compile-step", choices=list(COMPILE_STEP), default="default",
+                        help="medusa_generate's compile_step: default (None: compiled where the step is a CUDA graph), on or off")
     parser.add_argument("--output")
     args = parser.parse_args()
-    result = measure_step_overhead(args.shape, args.tree, args.prompt_len, args.new_tokens, args.device, args.compile_step)
+    result = measure_step_overhead(args.shape, args.tree, args.prompt_len, args.new_tokens, args.device, COMPILE_STEP[args.compile_step])
     print_and_save(result, args.output)
 
 

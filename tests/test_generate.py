@@ -256,7 +256,9 @@ def test_compiled_step_decodes_as_the_plain_one(sampling, monkeypatch):
 
     if not inductor_builds_on_cpu():
         monkeypatch.setattr(generate_module, "COMPILE_BACKEND", "eager")  # then check dynamo's tracing alone
-    model = random_heads(tiny_model("llama", seed=12), 3, "own_lm_head", seed=12)
+    # Layers of one width share their compiled graphs whatever the sampling: another width compiles afresh.
+    model = random_heads(tiny_model("llama", seed=12, hidden_size=64 if sampling == "greedy" else 72), 3,
+                         "own_lm_head", seed=12)
     # 170 + 100 tokens: both trees (the default with a copy chain, 74 tokens; copy chain alone, 11) cross
     # from a 256- to a 512-slot attention span during the call.
     input_ids = torch.randint(3, 320, (1, 170), generator=torch.Generator().manual_seed(102))
@@ -273,13 +275,70 @@ def test_compiled_step_decodes_as_the_plain_one(sampling, monkeypatch):
             kwargs["generator"].manual_seed(5)
     graphs = counters["stats"]["unique_graphs"] - traced
     assert graphs > 0  # the step went through torch.compile
-    if sampling == "greedy":
-        assert graphs == 4  # one whole graph per tree and span: no graph break for CUDA-graph capture
     # Other cache lengths over the same spans reuse those variants (before, every step recompiled).
     run(model, input_ids[:, 7:], compile_step=True, **kwargs)
     assert counters["stats"]["unique_graphs"] - traced == graphs
     with pytest.raises(ValueError, match="compile_step=True needs greedy or typical"):
         run(model, input_ids, compile_step=True, temperature=0.7, max_new_tokens=4)
+
+
+def test_one_compile_serves_every_decoder_layer(monkeypatch):
+    """The graphs compiled for a step do not grow with the number of layers; outside a step nothing is compiled."""
+    from torch._dynamo.utils import counters
+
+    from medusa.model import generate as generate_module
+
+    monkeypatch.setattr(generate_module, "COMPILE_BACKEND", "eager")
+    added = {}
+    for layers, hidden in ((2, 48), (6, 80)):  # other widths: no graph of one model fits the other
+        model = random_heads(tiny_model("llama", seed=13, hidden_size=hidden, num_layers=layers), 3, "own_lm_head",
+                             seed=13)
+        input_ids = torch.randint(3, 320, (1, 30), generator=torch.Generator().manual_seed(103))
+        before = counters["stats"]["unique_graphs"]
+        for tree in (None, "none"):
+            assert run(model, input_ids, compile_step=True, medusa_choices=tree, max_new_tokens=40, eos_token_id=[]) \
+                == run(model, input_ids, compile_step=False, medusa_choices=tree, max_new_tokens=40, eos_token_id=[])
+        added[layers] = counters["stats"]["unique_graphs"] - before
+        base = model.base_model
+        assert all(layer._compiled_call_impl is None for layer in base.model.layers)  # eager again after the step
+        before = counters["stats"]["unique_graphs"]
+        base(torch.randint(3, 320, (1, 9)))  # a prompt length no step had
+        assert counters["stats"]["unique_graphs"] == before
+    assert added[2] == added[6] > 0
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2"])
+def test_compiled_layers_of_other_architectures_decode_as_the_plain_ones(arch, monkeypatch):
+    from medusa.model import generate as generate_module
+
+    monkeypatch.setattr(generate_module, "COMPILE_BACKEND", "eager")
+    model = random_heads(tiny_model(arch, seed=14), 3, "own_lm_head", seed=14)
+    input_ids = torch.randint(3, 320, (1, 25), generator=torch.Generator().manual_seed(104))
+    kwargs = dict(max_new_tokens=30, eos_token_id=[])
+    assert run(model, input_ids, compile_step=True, **kwargs) == run(model, input_ids, compile_step=False, **kwargs)
+
+
+def test_a_failing_compile_warns_once_and_decodes_uncompiled(monkeypatch, caplog):
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    from medusa.model import generate as generate_module
+
+    calls = []
+
+    def broken_backend(gm, example_inputs):
+        calls.append(1)
+        raise BackendCompilerFailed(broken_backend, RuntimeError("no toolchain"))
+
+    monkeypatch.setattr(generate_module, "COMPILE_BACKEND", broken_backend)
+    model = random_heads(tiny_model("llama", seed=15, hidden_size=56), 3, "own_lm_head", seed=15)
+    input_ids = torch.randint(3, 320, (1, 25), generator=torch.Generator().manual_seed(105))
+    kwargs = dict(max_new_tokens=30, eos_token_id=[])
+    with caplog.at_level("WARNING", logger="medusa.model.compiled_layers"):
+        assert run(model, input_ids, compile_step=True, **kwargs) == run(model, input_ids, compile_step=False, **kwargs)
+        assert run(model, input_ids, compile_step=True, **kwargs) == run(model, input_ids, compile_step=False, **kwargs)
+    assert len(calls) == 1  # not tried again for this model
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "decoding runs uncompiled" in caplog.records[0].message
 
 
 def test_a_longer_call_at_least_doubles_the_pooled_cache_up_to_the_context():

@@ -68,12 +68,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--adaptive", choices=["on", "off"], help="trees that follow acceptance (default: on for greedy "
                                                              "decoding on a CPU, else off)")
     p.add_argument("--compile-step", choices=list(COMPILE_STEP),
-                   help="fuse the decode step with torch.compile (about half the step time on a GPU; greedy and typical "
-                        "sampling only). background: replies start at once with the uncompiled step while the compiled one is "
-                        "made on a worker thread (about a minute the first time, while PyTorch's on-disk cache is cold; "
-                        "seconds after) and used once ready; the replies in the meantime stream slower, and in bfloat16 "
-                        "or float16 a reply can change at the switch, as the compiled step rounds differently. now: the "
-                        "first reply waits while it compiles. off (default): never compiled (benchmarks/RESULTS.md)")
+                   help="run the base model's layers in each decode step through torch.compile (greedy and typical "
+                        "sampling only; fewer, fused kernels per step). now: a reply waits "
+                        "while a new tree or cache span compiles (seconds; the first launch also fills PyTorch's on-disk "
+                        "cache). background: replies start at once with the uncompiled step while a worker thread "
+                        "compiles, and stream slower meanwhile. In bfloat16 or float16 the compiled step rounds "
+                        "differently, so a reply can differ. off: never compiled. Default: now for greedy decoding on "
+                        "a GPU, else off (benchmarks/RESULTS.md)")
     p.add_argument("--sampling", choices=["lossless", "typical"], help="for temperature > 0: lossless (default; exactly "
                    "the base model's distribution) or typical (lossy, accepts more)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default: 0 = all)")

@@ -4,7 +4,7 @@ from collections.abc import Callable, Iterator
 import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, replace
-from functools import cache, partial
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -16,6 +16,7 @@ from .attention import grouped_query_attention
 from .cache_pool import CachePool
 from .candidates import COPY_CHAINS, COPY_DEPTH, copy_candidates, generate_candidates
 from .compile_warmup import scratch_run
+from .compiled_layers import compilable, compiled_layers, give_up
 from .cuda_graph import GraphedStep
 from .decoding import DecodingConfig
 from .eos import eos_token_ids
@@ -213,7 +214,7 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
                     eos_token_id: int | list[int] | None = None,
                     generator: torch.Generator | None = None, sampling: str | None = None, top_k: int = 0,
                     top_p: float = 1.0, cuda_graph: bool | None = None, tree_policy=None,
-                    batch_size: int | None = None, compile_step: bool | str = False, fold_gqa: bool = False,
+                    batch_size: int | None = None, compile_step: bool | str | None = None, fold_gqa: bool = False,
                     copy_chains: int | None = None, copy_depth: int = COPY_DEPTH,
                     adaptive: bool | None = None) -> Iterator:
     """Generate with Medusa heads, yielding after every step.
@@ -244,19 +245,19 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
             reproducible output.
         cuda_graph: replay each greedy step from a CUDA graph (default: on for CUDA models at
             temperature 0).
-        compile_step: run the step through ``torch.compile`` (fusing its many small kernels: norms,
-            rotary embedding, masks) before any graph capture; greedy and typical sampling only.
-            Each new tree, batch size, cache shape or span (256 slots) is a variant that compiles on
-            first use (seconds to minutes); up to ``COMPILE_VARIANTS`` of them per process, then new
-            ones run uncompiled. ``True``: a step waits while its variant compiles. ``"background"``:
-            each variant runs uncompiled (from its CUDA graph where ``cuda_graph`` is on) while a worker
-            thread compiles it (:mod:`medusa.model.compile_warmup`), then compiled from the next step
-            after it is ready; in half precision the output can change there, as the compiled step
-            rounds differently. While a variant compiles, every step waits longer for Python's lock
-            and a graph is captured only between compiles (a step that cannot be captured runs
-            eagerly), so the first reply streams slower than with ``False``; ``fold_gqa`` switches the
-            shared model config while a step runs and should not be combined with it. ``False``
-            (default): never compiled (benchmarks/RESULTS.md: why it is not the default).
+        compile_step: run the base model's decoder layers through ``torch.compile`` in each step
+            (:mod:`medusa.model.compiled_layers`: their norms, rotary embedding and activations fused; one
+            compile serves every layer); greedy and typical sampling only. Each new tree, batch size or
+            span (256 slots) compiles on first use: seconds, after which PyTorch's on-disk cache serves
+            later processes; where compiling fails it warns once and runs uncompiled. In half precision the
+            compiled step rounds differently, so its output can differ from the uncompiled one's. ``True``:
+            a step waits while its variant compiles. ``"background"``: each variant runs uncompiled (from
+            its CUDA graph where ``cuda_graph`` is on) while a worker thread compiles it
+            (:mod:`medusa.model.compile_warmup`), then compiled from the next step after it is ready; while
+            a variant compiles, every step waits longer for Python's lock and a graph is captured only
+            between compiles; ``fold_gqa`` switches the shared model config while a step runs and should not
+            be combined with it. ``False``: never compiled. None (default): ``cuda_graph``'s setting, as
+            without a graph the per-layer dispatch of the compiled code costs more host time than it saves.
         copy_chains, copy_depth: copy branches (prompt lookup) added to the tree: ``copy_chains``
             chains of ``copy_depth`` tokens that followed the latest earlier occurrences of the text's
             last 1-3 tokens (in the prompt or the reply so far). 0 chains: heads only. Default
@@ -298,15 +299,17 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
         cuda_graph = device.type == "cuda" and config.sampling == "greedy"
     if cuda_graph and (device.type != "cuda" or config.sampling != "greedy"):
         raise ValueError("cuda_graph=True needs a CUDA model and greedy decoding (temperature 0).")
+    if compile_step is None:
+        compile_step = cuda_graph
     if not isinstance(compile_step, bool) and compile_step != "background":
-        raise ValueError(f'compile_step must be True, False or "background"; got {compile_step!r}.')
+        raise ValueError(f'compile_step must be None, True, False or "background"; got {compile_step!r}.')
     if compile_step and config.sampling == "lossless":
         raise ValueError(f"compile_step={compile_step!r} needs greedy or typical sampling (lossless sampling walks "
                          "the tree on the host).")
     if adaptive is None:
         adaptive = config.sampling == "greedy" and device.type == "cpu"
-    compiled = _compiled_tree_step(COMPILE_BACKEND) if compile_step else None
-    step, later = (tree_step, compiled) if compile_step == "background" else (compiled or tree_step, None)
+    step, later = {False: (tree_step, None), True: (compiled_tree_step, None),
+                   "background": (tree_step, compiled_tree_step)}[compile_step]
     rows = RowScheduler([p.to(device) for p in prompts], batch_size, budget, max_steps,
                         set(eos_token_ids(setup.network.base_model, eos_token_id, setup.tokenizer)))
     decoder = _decode(setup, trees, step, rows, longest + budget + tree_size, cuda_graph, config, adaptive, later)
@@ -314,23 +317,22 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
 
 
 COMPILE_BACKEND = "inductor"
-COMPILE_VARIANTS = 64  # torch's default recompile limit (8) is two trees over four spans
 
 
-@cache
-def _compiled_tree_step(backend: str):
-    """:func:`tree_step` through ``torch.compile``, made once per process (its compiled variants are shared).
+def compiled_tree_step(model: Network, buffers: TreeBuffers, cache: MedusaKVCache, *args, **kwargs):
+    """:func:`tree_step` with the base model's decoder layers compiled (:mod:`medusa.model.compiled_layers`).
 
-    Static shapes: each tree, batch size and attention span gets its own compiled variant, as it gets
-    its own CUDA graph. Left to infer dynamic shapes, inductor failed on the second span (torch 2.11
-    and 2.13: "Expected !size_bytes_is_heap_allocated_").
-
-    Side effect: making it raises dynamo's process-wide ``recompile_limit`` to at least
-    ``COMPILE_VARIANTS``, for every compiled function of the process. A patch around each call would
-    set that global under the background compiler's thread, and restore it under the other thread.
+    Where the compile fails, warns once and runs uncompiled from then on: a step cut short by the failure
+    only wrote cache slots past each row's length, which the uncompiled run writes again.
     """
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILE_VARIANTS)
-    return torch.compile(tree_step, backend=backend, dynamic=False)
+    base = model.base_model
+    if compilable(base):
+        try:
+            with compiled_layers(base, cache, COMPILE_BACKEND):
+                return tree_step(model, buffers, cache, *args, **kwargs)
+        except torch._dynamo.exc.TorchDynamoException as error:  # inductor's errors derive from it too
+            give_up(base, error)
+    return tree_step(model, buffers, cache, *args, **kwargs)
 
 
 def check_copy_shape(copy_chains: int | None, copy_depth: int) -> None:

@@ -65,6 +65,22 @@ class _StaticKVLayer(CacheLayerMixin):
         return self.keys.shape[-2]
 
 
+def _write(cache: "MedusaKVCache", key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int):
+    """:meth:`MedusaKVCache.update`'s writes and the views it returns."""
+    index = cache._slot_index(cache._slots[: key_states.shape[-2]].expand(cache.batch_size, -1), key_states.shape)
+    layer = cache.layers[layer_idx]
+    # A decoding cache: nothing is differentiated through it (and autograd refuses in-place
+    # writes of grad-carrying states into a view of the shared buffer).
+    layer.keys.scatter_(2, index, key_states.detach())
+    layer.values.scatter_(2, index, value_states.detach())
+    return layer.keys[:, :, : cache.span], layer.values[:, :, : cache.span]
+
+
+# Outside any compiled graph. In a graph compiled per layer, the layer's slice of the shared buffer is a view
+# at a traced offset, and inductor wrote such a view's update back over the whole buffer in every layer.
+_write_eagerly = torch.compiler.disable(_write)
+
+
 class MedusaKVCache(Cache):
     """Static KV cache for a batch: per-row committed lengths and in-place compaction of accepted tree nodes.
 
@@ -93,6 +109,7 @@ class MedusaKVCache(Cache):
         self.span = capacity
         self.in_use = False
         self._slots = torch.arange(capacity, device=device)
+        self.write_eagerly = False  # set while decoder layers are compiled one by one (medusa.model.compiled_layers)
 
     @classmethod
     def for_model(cls, model, capacity: int, batch_size: int = 1) -> "MedusaKVCache":
@@ -148,13 +165,8 @@ class MedusaKVCache(Cache):
         Returns the first ``span`` slots of the buffers ``[batch, kv_heads, span, head_dim]``; the
         attention mask decides which of them count.
         """
-        index = self._slot_index(self._slots[: key_states.shape[-2]].expand(self.batch_size, -1), key_states.shape)
-        layer = self.layers[layer_idx]
-        # A decoding cache: nothing is differentiated through it (and autograd refuses in-place
-        # writes of grad-carrying states into a view of the shared buffer).
-        layer.keys.scatter_(2, index, key_states.detach())
-        layer.values.scatter_(2, index, value_states.detach())
-        return layer.keys[:, :, : self.span], layer.values[:, :, : self.span]
+        write = _write_eagerly if self.write_eagerly else _write
+        return write(self, key_states, value_states, layer_idx)
 
     def commit(self, num_tokens: torch.Tensor | int, token_ids: torch.Tensor | None = None) -> None:
         """Count the ``num_tokens`` (int, or ``[batch]`` on the device) entries just written as part of each row.
