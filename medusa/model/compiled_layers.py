@@ -90,6 +90,11 @@ def _configure_dynamo() -> None:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILE_VARIANTS)
 
 
+def import_compiler() -> None:
+    """Import inductor, which ``torch.compile`` loads on a first compile: seconds a first step need not wait for."""
+    import torch._inductor.compile_fx  # noqa: F401
+
+
 def compilable(model: nn.Module) -> bool:
     """False once a compile of ``model``'s layers has failed in this process."""
     return model not in _failed
