@@ -1,6 +1,7 @@
 """Compile decode steps on a worker thread while the uncompiled step serves (``medusa_generate(compile_step="background")``).
 
-``torch.compile`` of a step variant (tree, batch size, cache shape, span) takes seconds to minutes.
+Compiling a step variant (tree, batch size, cache shape, span; :mod:`medusa.model.compiled_layers`) takes
+seconds, more while PyTorch's on-disk cache is cold.
 Instead of making the first token wait, the decode loop keeps running the uncompiled step (from its
 CUDA graph) and asks a :class:`BackgroundCompiler` for the compiled variant; the worker compiles it by
 running it once on a scratch cache of the same shape, and once it reports the variant ready, the loop
