@@ -307,6 +307,48 @@ def test_one_compile_serves_every_decoder_layer(monkeypatch):
     assert added[2] == added[6] > 0
 
 
+def test_layers_run_compiled_only_in_the_thread_inside_compiled_layers():
+    """The background compiler's worker compiles a step while the decode loop's thread runs the same layers
+    uncompiled: neither may switch the other's layers."""
+    import threading
+
+    from medusa.model.compiled_layers import compiled_layers
+    from medusa.model.kv_cache import MedusaKVCache
+
+    calls = []
+
+    def backend(gm, example_inputs):  # records which thread runs a compiled graph
+        def run_graph(*args):
+            calls.append(threading.current_thread().name)
+            return gm.forward(*args)
+        return run_graph
+
+    model = random_heads(tiny_model("llama", seed=16, hidden_size=40), 3, "own_lm_head", seed=16)
+    base = model.base_model
+    ids = torch.randint(3, 320, (1, 7), generator=torch.Generator().manual_seed(106))
+    expected = base(ids).logits
+    inside, release = threading.Event(), threading.Event()
+
+    def worker():
+        with compiled_layers(base, MedusaKVCache.for_model(base, 16), backend):
+            inside.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=worker, name="worker")
+    thread.start()
+    inside.wait(60)
+    try:
+        torch.testing.assert_close(base(ids).logits, expected)  # this thread: uncompiled, while the worker is inside
+        assert calls == []
+        with compiled_layers(base, MedusaKVCache.for_model(base, 16), backend):
+            torch.testing.assert_close(base(ids).logits, expected)
+        assert calls and set(calls) == {"MainThread"}
+    finally:
+        release.set()
+        thread.join()
+    assert all(layer._compiled_call_impl is None for layer in base.model.layers)
+
+
 @pytest.mark.parametrize("arch", ["mistral", "qwen2"])
 def test_compiled_layers_of_other_architectures_decode_as_the_plain_ones(arch, monkeypatch):
     from medusa.model import generate as generate_module
@@ -316,6 +358,21 @@ def test_compiled_layers_of_other_architectures_decode_as_the_plain_ones(arch, m
     input_ids = torch.randint(3, 320, (1, 25), generator=torch.Generator().manual_seed(104))
     kwargs = dict(max_new_tokens=30, eos_token_id=[])
     assert run(model, input_ids, compile_step=True, **kwargs) == run(model, input_ids, compile_step=False, **kwargs)
+
+
+def test_a_model_that_names_no_decoder_layers_decodes_uncompiled(monkeypatch):
+    from torch._dynamo.utils import counters
+
+    from medusa.model import generate as generate_module
+
+    monkeypatch.setattr(generate_module, "COMPILE_BACKEND", "eager")
+    model = random_heads(tiny_model("llama", seed=17, hidden_size=88), 3, "own_lm_head", seed=17)
+    model.base_model._no_split_modules = []
+    input_ids = torch.randint(3, 320, (1, 25), generator=torch.Generator().manual_seed(107))
+    before = counters["stats"]["unique_graphs"]
+    kwargs = dict(max_new_tokens=20, eos_token_id=[])
+    assert run(model, input_ids, compile_step=True, **kwargs) == run(model, input_ids, compile_step=False, **kwargs)
+    assert counters["stats"]["unique_graphs"] == before
 
 
 def test_a_failing_compile_warns_once_and_decodes_uncompiled(monkeypatch, caplog):

@@ -15,15 +15,18 @@ integer (``torch.compiler.config.dynamic_sources``): as a constant it would pin 
 its own. The cache write itself runs outside the graph (``MedusaKVCache.write_eagerly``): traced, the
 write into a layer's slice of the shared buffer was written back over the whole buffer in every layer.
 
-The layers are compiled only inside :func:`compiled_layers`: prefill (one shape per prompt length) and
-any other use of the model stay eager, and a user's own ``module.compile()`` is left as it was. A model
+The layers are compiled only inside :func:`compiled_layers`, and only for the thread inside: prefill (one
+shape per prompt length), any other use of the model and other threads stay eager, and a user's own
+``module.compile()`` is left as it was. A model
 whose compile fails once (no Triton for the GPU, a layer dynamo cannot trace) is not tried again in the
 process (:func:`give_up`).
 """
 
 import logging
+import threading
 import weakref
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from torch import nn
@@ -39,6 +42,12 @@ COMPILE_VARIANTS = 64
 
 _compiled: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()  # layer -> {backend: call}
 _failed: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # models whose compile failed
+# Layers carrying this module's dispatch -> threads inside compiled_layers for them. The dispatch runs the
+# compiled call only for a thread inside (``_local.backend``): the background compiler's worker compiles a
+# step while the decode loop's thread runs the same layers uncompiled.
+_installed: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
+_installed_lock = threading.Lock()
+_local = threading.local()
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -55,28 +64,43 @@ def _layer_call(layer: nn.Module, backend: str):
     return calls[backend]
 
 
+def _dispatch(layer_ref: "weakref.ref[nn.Module]", *args, **kwargs):
+    """A layer's call: compiled for a thread inside :func:`compiled_layers`, else as usual."""
+    layer, backend = layer_ref(), getattr(_local, "backend", None)
+    return layer._call_impl(*args, **kwargs) if backend is None else _layer_call(layer, backend)(*args, **kwargs)
+
+
 @contextmanager
 def compiled_layers(model: nn.Module, cache: MedusaKVCache, backend: str = "inductor"):
-    """Inside, every decoder layer of the HF model ``model`` runs through ``torch.compile`` (static shapes: one
-    graph per input shape, shared by the layers) and writes ``cache`` eagerly. Layers a user compiled already keep
-    their own compile.
+    """Inside, in this thread, every decoder layer of the HF model ``model`` runs through ``torch.compile`` (static
+    shapes: one graph per input shape, shared by the layers) and writes ``cache`` eagerly. Layers a user compiled
+    already keep their own compile.
 
     Raises ValueError for a model that names no repeated blocks (``_no_split_modules``)."""
     layers = decoder_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} names no decoder layer classes (_no_split_modules); "
                          "its layers cannot be compiled one by one.")
-    layers = [layer for layer in layers if layer._compiled_call_impl is None]
     _configure_dynamo()
-    for layer in layers:
-        layer._compiled_call_impl = _layer_call(layer, backend)
+    with _installed_lock:
+        layers = [layer for layer in layers if layer._compiled_call_impl is None or layer in _installed]
+        for layer in layers:
+            if layer not in _installed:
+                layer._compiled_call_impl = partial(_dispatch, weakref.ref(layer))
+            _installed[layer] = _installed.get(layer, 0) + 1
+    previous, _local.backend = getattr(_local, "backend", None), backend
     cache.write_eagerly = True
     try:
         yield
     finally:
         cache.write_eagerly = False
-        for layer in layers:
-            layer._compiled_call_impl = None
+        _local.backend = previous
+        with _installed_lock:
+            for layer in layers:
+                _installed[layer] -= 1
+                if not _installed[layer]:
+                    del _installed[layer]
+                    layer._compiled_call_impl = None
 
 
 def _configure_dynamo() -> None:
@@ -96,8 +120,8 @@ def import_compiler() -> None:
 
 
 def compilable(model: nn.Module) -> bool:
-    """False once a compile of ``model``'s layers has failed in this process."""
-    return model not in _failed
+    """Whether ``model`` names its decoder layers and no compile of them has failed in this process."""
+    return model not in _failed and bool(decoder_layers(model))
 
 
 def give_up(model: nn.Module, error: Exception) -> None:
