@@ -313,7 +313,6 @@ def test_layers_run_compiled_only_in_the_thread_inside_compiled_layers():
     import threading
 
     from medusa.model.compiled_layers import compiled_layers
-    from medusa.model.kv_cache import MedusaKVCache
 
     calls = []
 
@@ -330,7 +329,7 @@ def test_layers_run_compiled_only_in_the_thread_inside_compiled_layers():
     inside, release = threading.Event(), threading.Event()
 
     def worker():
-        with compiled_layers(base, MedusaKVCache.for_model(base, 16), backend):
+        with compiled_layers(base, backend):
             inside.set()
             release.wait(60)
 
@@ -340,7 +339,7 @@ def test_layers_run_compiled_only_in_the_thread_inside_compiled_layers():
     try:
         torch.testing.assert_close(base(ids).logits, expected)  # this thread: uncompiled, while the worker is inside
         assert calls == []
-        with compiled_layers(base, MedusaKVCache.for_model(base, 16), backend):
+        with compiled_layers(base, backend):
             torch.testing.assert_close(base(ids).logits, expected)
         assert calls and set(calls) == {"MainThread"}
     finally:

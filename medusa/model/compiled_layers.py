@@ -12,8 +12,9 @@ posterior, cache compaction) stays eager; in a CUDA graph none of it costs host 
 
 A layer's ``layer_idx``, which Hugging Face attention passes to the cache, is traced as a symbolic
 integer (``torch.compiler.config.dynamic_sources``): as a constant it would pin each layer to a graph of
-its own. The cache write itself runs outside the graph (``MedusaKVCache.write_eagerly``): traced, the
-write into a layer's slice of the shared buffer was written back over the whole buffer in every layer.
+its own. The cache write itself runs outside the graph (:meth:`MedusaKVCache.update
+<medusa.model.kv_cache.MedusaKVCache.update>`): traced, the write into a layer's slice of the shared buffer
+was written back over the whole buffer in every layer.
 
 The layers are compiled only inside :func:`compiled_layers`, and only for the thread inside: prefill (one
 shape per prompt length), any other use of the model and other threads stay eager, and a user's own
@@ -30,8 +31,6 @@ from functools import partial
 
 import torch
 from torch import nn
-
-from .kv_cache import MedusaKVCache
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +70,9 @@ def _dispatch(layer_ref: "weakref.ref[nn.Module]", *args, **kwargs):
 
 
 @contextmanager
-def compiled_layers(model: nn.Module, cache: MedusaKVCache, backend: str = "inductor"):
+def compiled_layers(model: nn.Module, backend: str = "inductor"):
     """Inside, in this thread, every decoder layer of the HF model ``model`` runs through ``torch.compile`` (static
-    shapes: one graph per input shape, shared by the layers) and writes ``cache`` eagerly. Layers a user compiled
-    already keep their own compile.
+    shapes: one graph per input shape, shared by the layers). Layers a user compiled already keep their own compile.
 
     Raises ValueError for a model that names no repeated blocks (``_no_split_modules``)."""
     layers = decoder_layers(model)
@@ -89,11 +87,9 @@ def compiled_layers(model: nn.Module, cache: MedusaKVCache, backend: str = "indu
                 layer._compiled_call_impl = partial(_dispatch, weakref.ref(layer))
             _installed[layer] = _installed.get(layer, 0) + 1
     previous, _local.backend = getattr(_local, "backend", None), backend
-    cache.write_eagerly = True
     try:
         yield
     finally:
-        cache.write_eagerly = False
         _local.backend = previous
         with _installed_lock:
             for layer in layers:

@@ -328,7 +328,7 @@ def compiled_tree_step(model: Network, buffers: TreeBuffers, cache: MedusaKVCach
     base = model.base_model
     if compilable(base):
         try:
-            with compiled_layers(base, cache, COMPILE_BACKEND):
+            with compiled_layers(base, COMPILE_BACKEND):
                 return tree_step(model, buffers, cache, *args, **kwargs)
         except torch._dynamo.exc.TorchDynamoException as error:  # inductor's errors derive from it too
             give_up(base, error)

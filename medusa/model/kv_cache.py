@@ -65,22 +65,6 @@ class _StaticKVLayer(CacheLayerMixin):
         return self.keys.shape[-2]
 
 
-def _write(cache: "MedusaKVCache", key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int):
-    """:meth:`MedusaKVCache.update`'s writes and the views it returns."""
-    index = cache._slot_index(cache._slots[: key_states.shape[-2]].expand(cache.batch_size, -1), key_states.shape)
-    layer = cache.layers[layer_idx]
-    # A decoding cache: nothing is differentiated through it (and autograd refuses in-place
-    # writes of grad-carrying states into a view of the shared buffer).
-    layer.keys.scatter_(2, index, key_states.detach())
-    layer.values.scatter_(2, index, value_states.detach())
-    return layer.keys[:, :, : cache.span], layer.values[:, :, : cache.span]
-
-
-# Outside any compiled graph. In a graph compiled per layer, the layer's slice of the shared buffer is a view
-# at a traced offset, and inductor wrote such a view's update back over the whole buffer in every layer.
-_write_eagerly = torch.compiler.disable(_write)
-
-
 class MedusaKVCache(Cache):
     """Static KV cache for a batch: per-row committed lengths and in-place compaction of accepted tree nodes.
 
@@ -109,7 +93,6 @@ class MedusaKVCache(Cache):
         self.span = capacity
         self.in_use = False
         self._slots = torch.arange(capacity, device=device)
-        self.write_eagerly = False  # set while decoder layers are compiled one by one (medusa.model.compiled_layers)
 
     @classmethod
     def for_model(cls, model, capacity: int, batch_size: int = 1) -> "MedusaKVCache":
@@ -159,14 +142,23 @@ class MedusaKVCache(Cache):
         index = self.length[:, None] + offsets
         return index[:, None, :, None].expand(shape)
 
+    # Outside any compiled graph: in a graph compiled per decoder layer (medusa.model.compiled_layers), the
+    # layer's slice of the shared buffer is a view at a traced offset, and inductor wrote such a view's update
+    # back over the whole buffer in every layer.
+    @torch.compiler.disable
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Write row b of ``key/value_states`` ``[batch, kv_heads, q, head_dim]`` at slots ``[length[b], length[b]+q)``.
 
         Returns the first ``span`` slots of the buffers ``[batch, kv_heads, span, head_dim]``; the
         attention mask decides which of them count.
         """
-        write = _write_eagerly if self.write_eagerly else _write
-        return write(self, key_states, value_states, layer_idx)
+        index = self._slot_index(self._slots[: key_states.shape[-2]].expand(self.batch_size, -1), key_states.shape)
+        layer = self.layers[layer_idx]
+        # A decoding cache: nothing is differentiated through it (and autograd refuses in-place
+        # writes of grad-carrying states into a view of the shared buffer).
+        layer.keys.scatter_(2, index, key_states.detach())
+        layer.values.scatter_(2, index, value_states.detach())
+        return layer.keys[:, :, : self.span], layer.values[:, :, : self.span]
 
     def commit(self, num_tokens: torch.Tensor | int, token_ids: torch.Tensor | None = None) -> None:
         """Count the ``num_tokens`` (int, or ``[batch]`` on the device) entries just written as part of each row.
