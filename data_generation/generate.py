@@ -1,6 +1,6 @@
 """Self-distillation data: the base model answers the training prompts itself.
 
-Input: our JSONL (``{"id", "turns": [...]}`` per line, as in shared/data/prompts/) or ShareGPT JSON
+Input: our JSONL (``{"id", "turns": [...]}`` per line) or ShareGPT JSON
 (``[{"id"?, "conversations": [{"from", "value"}, ...]}]``; only the user turns are kept). Every user turn
 of a multi-turn prompt is replayed: the model answers turn 1, then turn 2 with its own answer in context, ...
 
