@@ -1,6 +1,7 @@
 """medusa_generate at temperature 0 against plain greedy decoding of the base model."""
 
 import functools
+import math
 import os
 
 import pytest
@@ -280,6 +281,33 @@ def test_compiled_step_decodes_as_the_plain_one(sampling, monkeypatch):
     assert counters["stats"]["unique_graphs"] - traced == graphs
     with pytest.raises(ValueError, match="compile_step=True needs greedy or typical"):
         run(model, input_ids, compile_step=True, temperature=0.7, max_new_tokens=4)
+
+
+def test_compiled_step_writes_the_cache_in_place_and_compiles_draft_and_verify():
+    """The compiled step writes keys and values into the shared cache buffer inside each layer's graph, in place: no
+    compiled graph allocates a buffer as large as the cache (a write through a view of one layer's part at a traced
+    layer index was copied back over the whole buffer). The step's work around the forward compiles as well."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    from medusa.model import generate as generate_module
+
+    if not inductor_builds_on_cpu():
+        pytest.skip("no C++ toolchain for inductor's CPU back end")
+    model = random_heads(tiny_model("llama", seed=18, hidden_size=64, num_layers=4), 3, "own_lm_head", seed=18)
+    input_ids = torch.randint(3, 320, (1, 40), generator=torch.Generator().manual_seed(108))
+    kwargs = dict(max_new_tokens=20, eos_token_id=[])
+    plain = run(model, input_ids, compile_step=False, **kwargs)
+    compiled, codes = run_and_get_code(lambda: run(model, input_ids, compile_step=True, **kwargs))
+    assert compiled == plain
+    config = model.base_model.config
+    smallest_cache = config.num_hidden_layers * 2 * config.num_key_value_heads * 256 * config.head_dim
+    allocated = [math.prod(int(n) for n in shape.split(",") if n.strip())
+                 for code in codes for shape in re.findall(r"empty_strided_cpu\(\(([^)]*)\)", code)]
+    assert allocated and max(allocated) < smallest_cache
+    for stage in (generate_module.draft, generate_module.verify):
+        assert torch._dynamo.eval_frame._debug_get_cache_entry_list(stage.__code__)
 
 
 def test_one_compile_serves_every_decoder_layer(monkeypatch):

@@ -69,8 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--adaptive", choices=["on", "off"], help="trees that follow acceptance (default: on for greedy "
                                                              "decoding on a CPU, else off)")
     p.add_argument("--compile-step", choices=list(COMPILE_STEP),
-                   help="run the base model's layers in each decode step through torch.compile (greedy and typical "
-                        "sampling only; fewer, fused kernels per step). now: a reply waits "
+                   help="run each decode step through torch.compile: the base model's layers and the step's own "
+                        "work (greedy and typical sampling only; fewer, fused kernels per step). now: a reply waits "
                         "while a new tree or cache span compiles (seconds; the first launch also fills PyTorch's on-disk "
                         "cache). background: replies start at once with the uncompiled step while a worker thread "
                         "compiles, and stream slower meanwhile. In bfloat16 or float16 the compiled step rounds "

@@ -7,14 +7,15 @@ operation into one large graph per tree, batch size and span, each a long compil
 
 Every decoder layer runs the same code on weights of the same shapes, so here each layer's call goes
 through one ``torch.compile`` of that code, and one compiled graph per input shape serves every layer:
-the compile costs about one layer's. The rest of the step (embedding, final norm, heads, tree,
-posterior, cache compaction) stays eager; in a CUDA graph none of it costs host time anyway.
+the compile costs about one layer's. Embedding, rotary tables and final norm stay eager; the step's own
+work around the forward compiles apart (:func:`medusa.model.generate.compiled_tree_step`).
 
 A layer's ``layer_idx``, which Hugging Face attention passes to the cache, is traced as a symbolic
 integer (``torch.compiler.config.dynamic_sources``): as a constant it would pin each layer to a graph of
-its own. The cache write itself runs outside the graph (:meth:`MedusaKVCache.update
-<medusa.model.kv_cache.MedusaKVCache.update>`): traced, the write into a layer's slice of the shared buffer
-was written back over the whole buffer in every layer.
+its own. The cache write is part of the layer's graph and indexes the shared buffer itself
+(:meth:`MedusaKVCache.update <medusa.model.kv_cache.MedusaKVCache.update>`): inductor does such a write in
+place, where a write into the layer's slice (a view at a traced offset) was copied back over the whole
+buffer in every layer.
 
 The layers are compiled only inside :func:`compiled_layers`, and only for the thread inside: prefill (one
 shape per prompt length), any other use of the model and other threads stay eager, and a user's own

@@ -4,7 +4,7 @@ from collections.abc import Callable, Iterator
 import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import lru_cache, partial
 from typing import Protocol
 
 import torch
@@ -73,17 +73,22 @@ class DecodeSetup:
     context: int | None
 
 
-def _forward(model: Network, tokens: torch.Tensor, new_mask: torch.Tensor, positions: torch.Tensor, cache: MedusaKVCache,
+def _forward(model: Network, tokens: torch.Tensor, mask, positions: torch.Tensor, cache: MedusaKVCache,
              fold_gqa: bool = False):
-    """Run ``tokens`` ``[batch, q]`` at ``positions`` ``[batch, q]`` into the cache; returns hidden states ``[batch, q, d]``.
+    """Run ``tokens`` ``[batch, q]`` at ``positions`` ``[batch, q]`` into the cache, attending as ``mask`` allows
+    (:func:`_mask`); returns hidden states ``[batch, q, d]``."""
+    with grouped_query_attention(model.base_model.config) if fold_gqa else nullcontext():
+        return model.hidden_states(tokens, mask, positions, cache)
+
+
+def _mask(model: Network, cache: MedusaKVCache, new_mask: torch.Tensor, positions: torch.Tensor):
+    """The attention mask of new tokens ``[batch, q]`` at ``positions`` that see each other as ``new_mask`` ``[q, q]``.
 
     The caller checks the cache's capacity first: reading its host-side length here would make a
     compiled step recompile for every length.
     """
-    mask = model_attention_mask(model.base_model.config, cache.length, new_mask, positions, cache.span,
+    return model_attention_mask(model.base_model.config, cache.length, new_mask, positions, cache.span,
                                 model.lm_head.weight.dtype)
-    with grouped_query_attention(model.base_model.config) if fold_gqa else nullcontext():
-        return model.hidden_states(tokens, mask, positions, cache)
 
 
 def _per_row(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -91,41 +96,33 @@ def _per_row(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return tensor[torch.arange(tensor.shape[0], device=tensor.device), index]
 
 
-def tree_step(model: Network, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Tensor, hidden: torch.Tensor,
-              active: torch.Tensor, config: DecodingConfig, split_lengths: bool = False):
-    """One Medusa step for a batch: verify every row's tree in one forward, accept a path per row, compact the cache.
+def draft(model: Network, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Tensor, hidden: torch.Tensor,
+          text: torch.Tensor | None):
+    """Fill each row's tree: the heads' top-k at ``hidden`` ``[batch, d]`` and the copy branches found in ``text``
+    (:meth:`MedusaKVCache.text`; None for a tree without them), after ``root`` ``[batch]``.
 
-    Greedy and typical steps have static shapes and no host synchronisation, so they can be captured
-    in a CUDA graph. Lossless sampling walks each row's tree on the host (one sync per visited node)
-    and draws the next root from its residual; greedy and typical take it from the base logits after
-    the last accepted token.
-
-    Args:
-        root: ``[batch]`` the token that follows each row's accepted sequence.
-        hidden: ``[batch, d]`` the base model's hidden state at each row's last accepted token (the
-            heads' input; unused by a tree without head nodes).
-        active: ``[batch]`` bool; a row that is not active keeps its cache length (finished rows
-            waiting to be dropped from the batch).
-        split_lengths: also verify the head paths and the copy branches apart, for trees that follow
-            acceptance (a few more kernels per step, so only when asked).
-
-    Returns:
-        tokens ``[batch, depth + 1]`` (each row's chosen path; its first ``accept_length + 1`` are
-        new), accept_length ``[batch]``, head_length and copy_length ``[batch]`` (what the head paths
-        and the copy branches each accepted; 0 for a kind the tree lacks, and 0 for both of a tree with
-        both kinds without ``split_lengths``), the next roots ``[batch]``
-        and the hidden states ``[batch, d]`` at each row's last accepted token.
+    Returns tree_candidates ``[batch, T]``, candidates ``[batch, leaves, depth + 1]``, and the tree's attention
+    mask and positions ``[batch, T]`` in the cache. Reads the cache, writes nothing.
     """
     head_logits = model.head_logits(hidden).transpose(0, 1) if buffers.head_depth else None  # [batch, heads, V]
     copies = None
     if buffers.copy_chains:
-        copies = copy_candidates(cache.text(root), cache.length, buffers.copy_chains, buffers.copy_depth)
+        copies = copy_candidates(text, cache.length, buffers.copy_chains, buffers.copy_depth)
     tree_candidates, candidates = generate_candidates(root, head_logits, buffers, copies)
-    hidden = _forward(model, tree_candidates, buffers.attn_mask, cache.length[:, None] + buffers.position_ids, cache,
-                      config.fold_gqa)
+    positions = cache.length[:, None] + buffers.position_ids
+    return tree_candidates, candidates, _mask(model, cache, buffers.attn_mask, positions), positions
+
+
+def verify(model: Network, buffers: TreeBuffers, tree_candidates: torch.Tensor, candidates: torch.Tensor,
+           hidden: torch.Tensor, active: torch.Tensor, config: DecodingConfig, split_lengths: bool):
+    """Accept a path of each row's tree from the base model's hidden states ``[batch, T, d]`` at its nodes.
+
+    Returns what :func:`tree_step` returns, then the chosen path's node indices ``[batch, depth + 1]`` and the
+    entries each row keeps in the cache ``[batch]`` (``accept_length + 1``, 0 for a row that is not active).
+    """
     logits = model.lm_logits(hidden)  # [batch, T, V]
     both = buffers.head_depth > 0 and buffers.copy_chains > 0
-    head_length = copy_length = none = torch.zeros_like(root)
+    head_length = copy_length = none = torch.zeros_like(active, dtype=torch.long)
     if config.sampling == "lossless":
         rows = [evaluate_posterior_lossless(logits[b], tree_candidates[b], buffers, config.temperature, config.top_k,
                                             config.top_p, config.generator) for b in range(logits.shape[0])]
@@ -159,8 +156,45 @@ def tree_step(model: Network, buffers: TreeBuffers, cache: MedusaKVCache, root: 
         head_length = accept_length if buffers.head_depth else none
         copy_length = accept_length if buffers.copy_chains else none
     tokens = tree_candidates.gather(1, path)
-    cache.accept(path, (accept_length + 1) * active, tokens)
-    return tokens, accept_length, head_length, copy_length, next_root, _per_row(hidden, _per_row(path, accept_length))
+    next_hidden = _per_row(hidden, _per_row(path, accept_length))
+    return tokens, accept_length, head_length, copy_length, next_root, next_hidden, path, (accept_length + 1) * active
+
+
+def tree_step(model: Network, buffers: TreeBuffers, cache: MedusaKVCache, root: torch.Tensor, hidden: torch.Tensor,
+              active: torch.Tensor, config: DecodingConfig, split_lengths: bool = False, stages=(draft, verify)):
+    """One Medusa step for a batch: verify every row's tree in one forward, accept a path per row, compact the cache.
+
+    Greedy and typical steps have static shapes and no host synchronisation, so they can be captured
+    in a CUDA graph. Lossless sampling walks each row's tree on the host (one sync per visited node)
+    and draws the next root from its residual; greedy and typical take it from the base logits after
+    the last accepted token.
+
+    Args:
+        root: ``[batch]`` the token that follows each row's accepted sequence.
+        hidden: ``[batch, d]`` the base model's hidden state at each row's last accepted token (the
+            heads' input; unused by a tree without head nodes).
+        active: ``[batch]`` bool; a row that is not active keeps its cache length (finished rows
+            waiting to be dropped from the batch).
+        split_lengths: also verify the head paths and the copy branches apart, for trees that follow
+            acceptance (a few more kernels per step, so only when asked).
+        stages: the functions run before and after the forward, :func:`draft` and :func:`verify` or
+            their compiled versions (:func:`compiled_tree_step`).
+
+    Returns:
+        tokens ``[batch, depth + 1]`` (each row's chosen path; its first ``accept_length + 1`` are
+        new), accept_length ``[batch]``, head_length and copy_length ``[batch]`` (what the head paths
+        and the copy branches each accepted; 0 for a kind the tree lacks, and 0 for both of a tree with
+        both kinds without ``split_lengths``), the next roots ``[batch]``
+        and the hidden states ``[batch, d]`` at each row's last accepted token.
+    """
+    draft_fn, verify_fn = stages
+    text = cache.text(root) if buffers.copy_chains else None  # a write into the cache: kept out of the stages
+    tree_candidates, candidates, mask, positions = draft_fn(model, buffers, cache, root, hidden, text)
+    hidden = _forward(model, tree_candidates, mask, positions, cache, config.fold_gqa)
+    *out, path, kept = verify_fn(model, buffers, tree_candidates, candidates, hidden, active, config, split_lengths)
+    # The compaction stays out of the compiled stages: inductor would copy the whole buffer to update it.
+    cache.accept(path, kept, out[0])
+    return tuple(out)
 
 
 def _token_budget(context: int | None, prompt_len: int, tree_size: int, depth: int, max_steps: int,
@@ -247,7 +281,8 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
             temperature 0).
         compile_step: run the base model's decoder layers through ``torch.compile`` in each step
             (:mod:`medusa.model.compiled_layers`: their norms, rotary embedding and activations fused; one
-            compile serves every layer); greedy and typical sampling only. Each new tree, batch size or
+            compile serves every layer), and the step's own work around the forward (:func:`draft`,
+            :func:`verify`); greedy and typical sampling only. Each new tree, batch size or
             span (256 slots) compiles on first use: seconds, after which PyTorch's on-disk cache serves
             later processes; where compiling fails it warns once and runs uncompiled. In half precision the
             compiled step rounds differently, so its output can differ from the uncompiled one's. ``True``:
@@ -320,7 +355,9 @@ COMPILE_BACKEND = "inductor"
 
 
 def compiled_tree_step(model: Network, buffers: TreeBuffers, cache: MedusaKVCache, *args, **kwargs):
-    """:func:`tree_step` with the base model's decoder layers compiled (:mod:`medusa.model.compiled_layers`).
+    """:func:`tree_step` compiled: the base model's decoder layers (:mod:`medusa.model.compiled_layers`) and the
+    step's own work before and after the forward (:func:`draft`, :func:`verify`: heads, top-k, copy branches, mask,
+    posterior), each stage one graph per tree, batch size and span instead of a hundred-odd small kernels.
 
     Where the compile fails, warns once and runs uncompiled from then on: a step cut short by the failure
     only wrote cache slots past each row's length, which the uncompiled run writes again.
@@ -329,10 +366,25 @@ def compiled_tree_step(model: Network, buffers: TreeBuffers, cache: MedusaKVCach
     if compilable(base):
         try:
             with compiled_layers(base, COMPILE_BACKEND):
-                return tree_step(model, buffers, cache, *args, **kwargs)
+                return tree_step(model, buffers, cache, *args, stages=_compiled_stages(COMPILE_BACKEND), **kwargs)
         except torch._dynamo.exc.TorchDynamoException as error:  # inductor's errors derive from it too
             give_up(base, error)
     return tree_step(model, buffers, cache, *args, **kwargs)
+
+
+# Inductor's persistent reductions (a whole row per thread block) asserted an out-of-bounds index in the rows a block
+# masks off, in verify's argmax over paths followed by indexing, at batch sizes above 1 (H200, torch 2.11); with
+# looped reductions the same kernels ran. Its reductions are over a few dozen paths: the loop costs nothing here.
+VERIFY_INDUCTOR_OPTIONS = {"triton.persistent_reductions": False}
+
+
+@lru_cache(maxsize=None)
+def _compiled_stages(backend) -> tuple[Callable, Callable]:
+    """:func:`draft` and :func:`verify` through ``torch.compile`` (made once per backend; dynamo keeps a graph per
+    input shape and setting)."""
+    options = VERIFY_INDUCTOR_OPTIONS if backend == "inductor" else None
+    return (torch.compile(draft, backend=backend, dynamic=False),
+            torch.compile(verify, backend=backend, dynamic=False, options=options))
 
 
 def check_copy_shape(copy_chains: int | None, copy_depth: int) -> None:
@@ -389,7 +441,8 @@ def prefill(model: Network, prompts: list[torch.Tensor], cache: MedusaKVCache, f
     positions = torch.arange(padded.shape[1], device=device).expand(len(prompts), -1)
     cache.check_capacity(padded.shape[1])
     cache.fit_span(padded.shape[1])
-    hidden = _per_row(_forward(model, padded, causal, positions, cache, fold_gqa), prompt_lens - 1)  # [batch, d]
+    hidden = _forward(model, padded, _mask(model, cache, causal, positions), positions, cache, fold_gqa)
+    hidden = _per_row(hidden, prompt_lens - 1)  # [batch, d]
     cache.commit(prompt_lens, padded)
     return hidden
 

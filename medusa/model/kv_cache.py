@@ -93,6 +93,11 @@ class MedusaKVCache(Cache):
         self.span = capacity
         self.in_use = False
         self._slots = torch.arange(capacity, device=device)
+        # The buffer's indices for update's write: layer, keys or values, row, head.
+        self._layer_ids = torch.arange(num_layers, device=device)
+        self._kinds = torch.arange(2, device=device)[:, None, None, None]
+        self._rows = torch.arange(batch_size, device=device)[:, None, None]
+        self._heads = torch.arange(num_kv_heads, device=device)[None, :, None]
 
     @classmethod
     def for_model(cls, model, capacity: int, batch_size: int = 1) -> "MedusaKVCache":
@@ -142,23 +147,21 @@ class MedusaKVCache(Cache):
         index = self.length[:, None] + offsets
         return index[:, None, :, None].expand(shape)
 
-    # Outside any compiled graph: in a graph compiled per decoder layer (medusa.model.compiled_layers), the
-    # layer's slice of the shared buffer is a view at a traced offset, and inductor wrote such a view's update
-    # back over the whole buffer in every layer.
-    @torch.compiler.disable
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Write row b of ``key/value_states`` ``[batch, kv_heads, q, head_dim]`` at slots ``[length[b], length[b]+q)``.
 
         Returns the first ``span`` slots of the buffers ``[batch, kv_heads, span, head_dim]``; the
         attention mask decides which of them count.
         """
-        index = self._slot_index(self._slots[: key_states.shape[-2]].expand(self.batch_size, -1), key_states.shape)
-        layer = self.layers[layer_idx]
-        # A decoding cache: nothing is differentiated through it (and autograd refuses in-place
-        # writes of grad-carrying states into a view of the shared buffer).
-        layer.keys.scatter_(2, index, key_states.detach())
-        layer.values.scatter_(2, index, value_states.detach())
-        return layer.keys[:, :, : self.span], layer.values[:, :, : self.span]
+        slots = (self.length[:, None] + self._slots[: key_states.shape[-2]])[:, None, :]  # [batch, 1, q]
+        # One indexed write into the shared buffer itself, not into a view of this layer's part: compiled per
+        # decoder layer (medusa.model.compiled_layers) with a traced layer index, a write through such a view was
+        # copied back over the whole buffer, while this one inductor does in place. Detached: nothing is
+        # differentiated through a decoding cache (and autograd refuses in-place writes of grad-carrying states).
+        index = (self._layer_ids[layer_idx], self._kinds, self._rows, self._heads, slots)  # -> [2, batch, kv_heads, q]
+        self.buffer.index_put_(index, torch.stack([key_states, value_states]).detach())
+        layer = self.buffer.select(0, layer_idx)  # (indexing with [layer_idx] specialised dynamo on the index)
+        return layer[0, :, :, : self.span], layer[1, :, :, : self.span]
 
     def commit(self, num_tokens: torch.Tensor | int, token_ids: torch.Tensor | None = None) -> None:
         """Count the ``num_tokens`` (int, or ``[batch]`` on the device) entries just written as part of each row.
