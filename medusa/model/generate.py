@@ -191,10 +191,11 @@ def tree_step(model: Network, buffers: TreeBuffers, cache: MedusaKVCache, root: 
     text = cache.text(root) if buffers.copy_chains else None  # a write into the cache: kept out of the stages
     tree_candidates, candidates, mask, positions = draft_fn(model, buffers, cache, root, hidden, text)
     hidden = _forward(model, tree_candidates, mask, positions, cache, config.fold_gqa)
-    *out, path, kept = verify_fn(model, buffers, tree_candidates, candidates, hidden, active, config, split_lengths)
+    tokens, *out, path, kept = verify_fn(model, buffers, tree_candidates, candidates, hidden, active, config,
+                                         split_lengths)
     # The compaction stays out of the compiled stages: inductor would copy the whole buffer to update it.
-    cache.accept(path, kept, out[0])
-    return tuple(out)
+    cache.accept(path, kept, tokens)
+    return tokens, *out
 
 
 def _token_budget(context: int | None, prompt_len: int, tree_size: int, depth: int, max_steps: int,

@@ -142,10 +142,9 @@ class MedusaKVCache(Cache):
         self.span = min(self.capacity, round_up_to_block(self.host_length + num_new))
         return self.span
 
-    def _slot_index(self, offsets: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """Per-row slots ``length[b] + offsets[b, i]`` expanded to ``shape`` ``[..., batch, kv_heads, q, head_dim]``."""
-        index = self.length[:, None] + offsets
-        return index[:, None, :, None].expand(shape)
+    def _after_length(self, offsets: torch.Tensor) -> torch.Tensor:
+        """Per-row slots ``length[b] + offsets[..., i]``: ``[batch, n]`` for ``offsets`` ``[n]`` or ``[batch, n]``."""
+        return self.length[:, None] + offsets
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Write row b of ``key/value_states`` ``[batch, kv_heads, q, head_dim]`` at slots ``[length[b], length[b]+q)``.
@@ -153,7 +152,7 @@ class MedusaKVCache(Cache):
         Returns the first ``span`` slots of the buffers ``[batch, kv_heads, span, head_dim]``; the
         attention mask decides which of them count.
         """
-        slots = (self.length[:, None] + self._slots[: key_states.shape[-2]])[:, None, :]  # [batch, 1, q]
+        slots = self._after_length(self._slots[: key_states.shape[-2]])[:, None, :]  # [batch, 1, q]
         # One indexed write into the shared buffer itself, not into a view of this layer's part: compiled per
         # decoder layer (medusa.model.compiled_layers) with a traced layer index, a write through such a view was
         # copied back over the whole buffer, while this one inductor does in place. Detached: nothing is
@@ -179,7 +178,7 @@ class MedusaKVCache(Cache):
     def _write_tokens(self, token_ids: torch.Tensor) -> None:
         """Record ``token_ids`` ``[batch, n]`` at slots ``[length[b], length[b] + n)`` (entries past what a row
         keeps are overwritten by its next write)."""
-        self.tokens.scatter_(1, self.length[:, None] + self._slots[: token_ids.shape[1]], token_ids)
+        self.tokens.scatter_(1, self._after_length(self._slots[: token_ids.shape[1]]), token_ids)
 
     def accept(self, node_indices: torch.Tensor, num_accepted: torch.Tensor, token_ids: torch.Tensor) -> None:
         """Keep each row's accepted path of the tree just written after its ``length`` (device side only).
@@ -193,8 +192,8 @@ class MedusaKVCache(Cache):
             token_ids: ``[batch, depth + 1]`` the path's tokens.
         """
         shape = self.buffer[..., : node_indices.shape[1], :].shape
-        src = self._slot_index(node_indices, shape)
-        dst = self._slot_index(self._slots[: node_indices.shape[1]].expand(self.batch_size, -1), shape)
+        src = self._after_length(node_indices)[:, None, :, None].expand(shape)
+        dst = self._after_length(self._slots[: node_indices.shape[1]])[:, None, :, None].expand(shape)
         # gather copies first, so overlapping src/dst is safe.
         self.buffer.scatter_(4, dst, self.buffer.gather(4, src))
         self._write_tokens(token_ids)
