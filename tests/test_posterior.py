@@ -109,3 +109,18 @@ def test_greedy_accepts_while_candidates_equal_the_argmax():
                 n += 1
             expected.append(n)
         assert int(length) == max(expected) and expected[int(best)] == max(expected)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 5])
+def test_leading_accepted_counts_the_accepted_prefix(depth):
+    """Against a loop over each row; every row ends after its first rejection, however many accepts follow it."""
+    from medusa.model.posterior import leading_accepted
+
+    accept = torch.rand(7, 9, depth, generator=torch.Generator().manual_seed(depth)) < 0.7
+    accept[0, 0] = True  # a row accepted to the end
+    expected = torch.tensor([[next((i for i, a in enumerate(row) if not a), depth) for row in rows.tolist()]
+                             for rows in accept])
+    got = leading_accepted(accept)
+    assert got.dtype == torch.long and torch.equal(got, expected)
+    if depth:
+        assert expected.unique().numel() > 1  # the draw exercises more than one length

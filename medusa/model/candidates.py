@@ -3,6 +3,7 @@ earlier in the sequence (prompt lookup)."""
 
 import torch
 
+from .posterior import leading_accepted
 from .tree import TreeBuffers
 
 # Copy branches by default: chains per tree, tokens per chain, and the longest n-gram matched (a longer
@@ -81,7 +82,7 @@ def copy_agreement(texts: torch.Tensor, steps: torch.Tensor, chains: int, depth:
     copies = copy_candidates(texts, steps + 1, chains, depth)  # [Q, chains, depth]; reads nothing past the root
     ahead = torch.nn.functional.pad(texts, (0, depth + 2), value=-1)
     target = ahead.gather(1, steps[:, None] + 2 + torch.arange(depth, device=texts.device))  # [Q, depth]
-    return (copies == target[:, None]).long().cumprod(-1).sum(-1).amax(-1)
+    return leading_accepted(copies == target[:, None]).amax(-1)
 
 
 def generate_candidates(root: torch.Tensor, head_logits: torch.Tensor, buffers: TreeBuffers,

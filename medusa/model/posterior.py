@@ -19,9 +19,13 @@ POSTERIOR_THRESHOLD = 0.09
 POSTERIOR_ALPHA = 0.3
 
 
-def _accepted_prefix(accept: torch.Tensor) -> torch.Tensor:
-    """``[..., paths, depth]`` bool -> long, 1 while every token so far on the path was accepted."""
-    return torch.cumprod(accept.long(), dim=-1)
+def leading_accepted(accept: torch.Tensor) -> torch.Tensor:
+    """``[..., depth]`` bool -> ``[...]`` long: how many leading entries are True (the accepted prefix's length).
+
+    The first False of ``accept`` padded with one False column: a reduction, which a compiler fuses with the
+    comparisons before it (a cumulative product is a scan, which inductor ran as separate library kernels).
+    """
+    return (~torch.nn.functional.pad(accept, (0, 1), value=False)).int().argmax(-1)
 
 
 def evaluate_posterior_greedy(predictions: torch.Tensor, candidates: torch.Tensor, path_valid: torch.Tensor):
@@ -32,7 +36,7 @@ def evaluate_posterior_greedy(predictions: torch.Tensor, candidates: torch.Tenso
         candidates: ``[..., paths, depth + 1]``; path_valid: ``[paths, depth + 1]``.
     """
     accept = (candidates[..., 1:] == predictions[..., :-1]) & path_valid[:, 1:]
-    lengths = _accepted_prefix(accept).sum(-1)
+    lengths = leading_accepted(accept)
     return lengths.argmax(-1), lengths.amax(-1)
 
 
@@ -54,8 +58,8 @@ def evaluate_posterior_typical(logits: torch.Tensor, candidates: torch.Tensor, p
     probs = sampling_probs(logits[..., :-1, :], temperature, top_k, top_p)
     cand_probs = probs.gather(-1, candidates[..., 1:, None]).squeeze(-1)
     accept = (cand_probs > typical_threshold(probs, posterior_threshold, posterior_alpha)) & path_valid[:, 1:]
-    prefix = _accepted_prefix(accept)
-    lengths = prefix.sum(-1)
+    lengths = leading_accepted(accept)
+    prefix = torch.arange(accept.shape[-1], device=accept.device) < lengths[..., None]
     log_likelihood = (torch.log(cand_probs.clamp_min(torch.finfo(cand_probs.dtype).tiny)) * prefix).sum(-1)
     longest = lengths.amax(-1, keepdim=True)
     score = torch.where(lengths == longest, log_likelihood, torch.full_like(log_likelihood, -torch.inf))
