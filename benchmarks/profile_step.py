@@ -1,14 +1,18 @@
-"""Where a decode step's time goes on the GPU: kernel time per step (profiled eager steps) against the graph-replayed step.
+"""Where a decode step's time goes on the GPU: the CUDA-graph step's wall time split into kernel time, gaps between
+the graph's kernels and host time between steps.
 
-For the plain greedy step and the Medusa step: GPU kernel time per step by kind (matmul, attention,
-other), the top kernels, and the wall time of a CUDA-graph step. If the graph step costs about the
-kernel time, the step is GPU-bound and only less arithmetic helps; if more, launch gaps remain.
+For the plain greedy step and the Medusa step: the wall time of a graph step (median of ``--repeats`` runs), a
+profile of graph-replayed steps (kernel time by kind: matmul, attention, other; the GPU idle between kernels inside
+a step and between steps, where the host reads the step's result and prepares the next), and the top kernels.
+If the step costs about its kernel time, it is GPU-bound and only less arithmetic helps; gaps inside the graph
+shrink with fewer kernels; host time with less work per step in the decode loop.
 
     python -m benchmarks.profile_step --model medusa/demo_heads --base-model DIR --output profile.txt
     python -m benchmarks.profile_step --shape 7b --output profile_7b.txt   # random weights, random prompt
 """
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -28,6 +32,25 @@ def kind(name: str) -> str:
     if any(k in name for k in ("flash", "fmha", "attention", "efficient")):
         return "attention"
     return "other"
+
+
+# An idle GPU of at least this long between two kernels is the host's time between steps; shorter, a graph's own gap.
+HOST_GAP_US = 20.0
+
+
+def idle_time(kernels) -> tuple[float, float, float]:
+    """Microseconds over the profiled kernels ``kernels`` (profiler events): the GPU busy (their union), idle in gaps
+    under ``HOST_GAP_US`` and idle in longer gaps, from the first kernel's start to the last one's end."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in kernels)
+    busy = short = long = 0.0
+    end = spans[0][0] if spans else 0.0
+    for start, stop in spans:
+        gap = start - end
+        if gap > 0:
+            short, long = (short + gap, long) if gap < HOST_GAP_US else (short, long + gap)
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    return busy, short, long
 
 
 def steps(model, prompt, tree, n, cuda_graph, compile_step, profiler=None):
@@ -55,7 +78,8 @@ def main() -> None:
                         "128-token random prompt (as benchmarks/step_overhead.py)")
     parser.add_argument("--base-model")
     parser.add_argument("--tree", help="Medusa tree (default: the default preset)")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of --steps graph steps (the median counts)")
     parser.add_argument("--compile-step", choices=list(COMPILE_STEP), default="default",
                         help="medusa_generate's compile_step for the graph step: default (None: compiled, as the step is a CUDA "
                         "graph), on or off; the eager steps are profiled compiled unless off")
@@ -75,22 +99,28 @@ def main() -> None:
     # default for a step without a graph is not.
     eager_compile = True if compile_step is None else compile_step
     for name, tree in (("greedy", "none"), ("medusa", args.tree)):
-        graph_ms = 1000 * steps(model, prompt, tree, args.steps, True, compile_step)
+        graph_ms = 1000 * statistics.median(steps(model, prompt, tree, args.steps, True, compile_step)
+                                            for _ in range(args.repeats))
         eager_ms = 1000 * steps(model, prompt, tree, args.steps, False, eager_compile)
         prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-        steps(model, prompt, tree, args.steps, False, eager_compile, profiler=prof)
-        kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+        profiled_ms = 1000 * steps(model, prompt, tree, args.steps, True, compile_step, profiler=prof)
+        kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
         per_step = {}
         for e in kernels:
-            per_step[kind(e.key)] = per_step.get(kind(e.key), 0.0) + e.self_device_time_total / 1000 / args.steps
-        launches = sum(e.count for e in kernels) / args.steps
+            per_step[kind(e.name)] = per_step.get(kind(e.name), 0.0) + (e.time_range.end - e.time_range.start) / 1000 / args.steps
+        busy, short, long = (us / 1000 / args.steps for us in idle_time(kernels))
+        top = {}
+        for e in kernels:
+            top[e.name] = top.get(e.name, 0.0) + (e.time_range.end - e.time_range.start) / 1000 / args.steps
+        counts = {n: sum(1 for e in kernels if e.name == n) / args.steps for n in top}
         report.append(f"== {name} step (tree {tree}) ==\n"
-                      f"graph step {graph_ms:.3f} ms, eager step {eager_ms:.3f} ms, GPU kernel time "
-                      f"{sum(per_step.values()):.3f} ms/step in {launches:.0f} kernels: "
-                      + ", ".join(f"{k} {v:.3f} ms" for k, v in sorted(per_step.items())) + "\n"
-                      + "\n".join(f"  {e.self_device_time_total / 1000 / args.steps:7.3f} ms/step  "
-                                  f"x{e.count / args.steps:5.1f}  {e.key[:110]}"
-                                  for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:30]))
+                      f"graph step {graph_ms:.3f} ms (median of {args.repeats} x {args.steps} steps), eager step "
+                      f"{eager_ms:.3f} ms\n"
+                      f"profiled graph steps {profiled_ms:.3f} ms: GPU busy {busy:.3f} ms in {len(kernels) / args.steps:.0f} "
+                      f"kernels (" + ", ".join(f"{k} {v:.3f} ms" for k, v in sorted(per_step.items())) + f"), idle "
+                      f"{short:.3f} ms in gaps under {HOST_GAP_US:.0f} us and {long:.3f} ms in longer gaps (host)\n"
+                      + "\n".join(f"  {ms:7.3f} ms/step  x{counts[n]:5.1f}  {n[:110]}"
+                                  for n, ms in sorted(top.items(), key=lambda item: -item[1])[:30]))
         print(report[-1], flush=True)
     if args.output:
         with open(args.output, "w") as f:
