@@ -23,7 +23,7 @@ def leading_accepted(accept: torch.Tensor) -> torch.Tensor:
     """``[..., depth]`` bool -> ``[...]`` long: how many leading entries are True (the accepted prefix's length).
 
     The first False of ``accept`` padded with one False column: a reduction, which a compiler fuses with the
-    comparisons before it (a cumulative product is a scan, which inductor ran as separate library kernels).
+    comparisons before it (a cumulative product is a scan, which inductor's CPU code ran as a library call).
     """
     return (~torch.nn.functional.pad(accept, (0, 1), value=False)).int().argmax(-1)
 
