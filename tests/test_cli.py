@@ -414,13 +414,19 @@ def test_typical_posterior_options_reach_the_decoder(tiny_heads):
         assert repr(cli.Chat(chat.model, args, cli.STYLES["simple"]()).gen_kwargs["compile_step"]) == value
 
 
-def test_the_compiler_is_imported_before_the_first_prompt_only_on_a_gpu(tiny_heads, monkeypatch):
+def test_the_compiler_is_imported_before_the_first_prompt_only_where_the_step_compiles(tiny_heads, monkeypatch):
     imported = []
     monkeypatch.setattr(cli, "import_compiler", lambda: imported.append(1))
-    args = cli.parse_args(["--model", tiny_heads])
-    model = cli.load_model(args)
-    cli.Chat(model, args, cli.STYLES["simple"]())
-    assert not imported  # a CPU model: compile_step's default is off there (the GPU case ran on the H200 only)
+    model = None
+    for argv, compiles in (([], False),  # a CPU model: compile_step's default is off there
+                           (["--compile-step", "now"], True),
+                           (["--temperature", "0.7"], False),  # lossless sampling is never compiled
+                           (["--temperature", "0.7", "--sampling", "typical", "--compile-step", "background"], True)):
+        args = cli.parse_args(["--model", tiny_heads] + argv)
+        model = model or cli.load_model(args)
+        imported.clear()
+        cli.Chat(model, args, cli.STYLES["simple"]())
+        assert bool(imported) == compiles, argv
 
 
 def test_trees_shipped_beside_the_heads_are_the_default(tmp_path):

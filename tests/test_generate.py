@@ -545,3 +545,19 @@ def test_a_model_cast_after_generating_decodes_in_its_new_dtype():
     tokens, _ = run(model, input_ids, max_new_tokens=NEW_TOKENS, medusa_choices=CUSTOM, eos_token_id=[])
     assert model.cache_pool.caches[1].buffer.dtype == torch.float64
     assert tokens == greedy_reference(model.base_model, input_ids, NEW_TOKENS)
+
+
+def test_resolve_step_defaults_to_a_compiled_graph_only_for_greedy_decoding_on_cuda():
+    from medusa.model.generate import resolve_step
+
+    assert resolve_step("cuda", "greedy") == (True, True)
+    for device, sampling in (("cuda", "typical"), ("cuda", "lossless"), ("cpu", "greedy"), ("cpu", "lossless")):
+        assert resolve_step(device, sampling) == (False, False)
+    assert resolve_step("cuda", "greedy", compile_step=False) == (True, False)
+    assert resolve_step("cpu", "typical", compile_step="background") == (False, "background")
+    for device, sampling, kwargs, message in (("cpu", "greedy", dict(cuda_graph=True), "needs a CUDA model"),
+                                              ("cuda", "typical", dict(cuda_graph=True), "greedy decoding"),
+                                              ("cuda", "lossless", dict(compile_step=True), "lossless sampling"),
+                                              ("cpu", "greedy", dict(compile_step="later"), "compile_step must be")):
+        with pytest.raises(ValueError, match=message):
+            resolve_step(device, sampling, **kwargs)

@@ -27,7 +27,7 @@ from ..model.medusa_model import default_dtype
 from ..model.candidates import COPY_DEPTH
 from ..model.compiled_layers import import_compiler
 from ..model.eos import eos_token_ids
-from ..model.generate import check_copy_shape
+from ..model.generate import check_copy_shape, resolve_step
 from ..model.posterior import POSTERIOR_ALPHA, POSTERIOR_THRESHOLD
 from ..model.sampling import resolve_sampling
 from .chat_io import STYLES
@@ -218,7 +218,8 @@ class Chat:
             self.gen_kwargs["adaptive"] = args.adaptive == "on"
         if args.compile_step is not None:
             self.gen_kwargs["compile_step"] = COMPILE_STEP[args.compile_step]
-        if model.lm_head.weight.device.type == "cuda" and self.gen_kwargs.get("compile_step") is not False:
+        sampling = resolve_sampling(args.sampling, args.temperature, args.top_k, args.top_p)
+        if resolve_step(model.lm_head.weight.device.type, sampling, compile_step=self.gen_kwargs.get("compile_step"))[1]:
             import_compiler()  # before the first prompt, which would otherwise wait for it
         if args.seed is not None:
             self.gen_kwargs["generator"] = torch.Generator(model.lm_head.weight.device).manual_seed(args.seed)

@@ -331,17 +331,7 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
     longest = max(p.shape[0] for p in prompts)
     budget = _token_budget(setup.context, longest, tree_size, depth, max_steps, max_new_tokens)
     device = setup.network.lm_head.weight.device
-    if cuda_graph is None:
-        cuda_graph = device.type == "cuda" and config.sampling == "greedy"
-    if cuda_graph and (device.type != "cuda" or config.sampling != "greedy"):
-        raise ValueError("cuda_graph=True needs a CUDA model and greedy decoding (temperature 0).")
-    if compile_step is None:
-        compile_step = cuda_graph
-    if not isinstance(compile_step, bool) and compile_step != "background":
-        raise ValueError(f'compile_step must be None, True, False or "background"; got {compile_step!r}.')
-    if compile_step and config.sampling == "lossless":
-        raise ValueError(f"compile_step={compile_step!r} needs greedy or typical sampling (lossless sampling walks "
-                         "the tree on the host).")
+    cuda_graph, compile_step = resolve_step(device.type, config.sampling, cuda_graph, compile_step)
     if adaptive is None:
         adaptive = config.sampling == "greedy" and device.type == "cpu"
     step, later = {False: (tree_step, None), True: (compiled_tree_step, None),
@@ -350,6 +340,24 @@ def medusa_generate(setup: DecodeSetup, input_ids, temperature: float = 0.0, max
                         set(eos_token_ids(setup.network.base_model, eos_token_id, setup.tokenizer)))
     decoder = _decode(setup, trees, step, rows, longest + budget + tree_size, cuda_graph, config, adaptive, later)
     yield from (_single(setup.tokenizer, decoder) if single else decoder)
+
+
+def resolve_step(device_type: str, sampling: str, cuda_graph: bool | None = None,
+                 compile_step: bool | str | None = None) -> tuple[bool, bool | str]:
+    """The step :func:`medusa_generate` runs on a ``device_type`` model for ``sampling`` (greedy, typical or lossless):
+    ``(cuda_graph, compile_step)`` with None resolved to the defaults. Raises ValueError for a combination it cannot run."""
+    if cuda_graph is None:
+        cuda_graph = device_type == "cuda" and sampling == "greedy"
+    if cuda_graph and (device_type != "cuda" or sampling != "greedy"):
+        raise ValueError("cuda_graph=True needs a CUDA model and greedy decoding (temperature 0).")
+    if compile_step is None:
+        compile_step = cuda_graph
+    if not isinstance(compile_step, bool) and compile_step != "background":
+        raise ValueError(f'compile_step must be None, True, False or "background"; got {compile_step!r}.')
+    if compile_step and sampling == "lossless":
+        raise ValueError(f"compile_step={compile_step!r} needs greedy or typical sampling (lossless sampling walks "
+                         "the tree on the host).")
+    return cuda_graph, compile_step
 
 
 COMPILE_BACKEND = "inductor"
