@@ -52,6 +52,6 @@ class MedusaHeads(nn.ModuleList):
 
     def forward(self, hidden: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
         """hidden ``[..., d]`` -> logits ``[heads, ..., vocab]``."""
-        if self.shared_lm_head:  # one product for all heads: the vocabulary-sized weight is read once, not per head
-            return lm_head(torch.stack([head(hidden) for head in self]))
-        return torch.stack([head(hidden) for head in self])
+        stacked = torch.stack([head(hidden) for head in self])
+        # Shared: one product for all heads, so the vocabulary-sized weight is read once, not per head.
+        return lm_head(stacked) if self.shared_lm_head else stacked
