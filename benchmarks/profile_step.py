@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of --steps graph steps (the median counts)")
     parser.add_argument("--compile-step", choices=list(COMPILE_STEP), default="default",
                         help="medusa_generate's compile_step for the graph step: default (None: compiled, as the step is a CUDA "
-                        "graph), on or off; the eager steps are profiled compiled unless off")
+                        "graph), on or off; the eager steps are timed compiled unless off")
     parser.add_argument("--output")
     args = parser.parse_args()
 
@@ -95,7 +95,7 @@ def main() -> None:
         prompt = render_chat(model.get_tokenizer(), [{"role": "user", "content": question["turns"][0]}]).cuda()
     report = []
     compile_step = COMPILE_STEP[args.compile_step]
-    # The eager steps run (and are profiled) as the graph step does: by default compiled, which the library's own
+    # The eager steps run (and are timed) as the graph step does: by default compiled, which the library's own
     # default for a step without a graph is not.
     eager_compile = True if compile_step is None else compile_step
     for name, tree in (("greedy", "none"), ("medusa", args.tree)):
@@ -105,14 +105,13 @@ def main() -> None:
         prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
         profiled_ms = 1000 * steps(model, prompt, tree, args.steps, True, compile_step, profiler=prof)
         kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
-        per_step = {}
+        per_step, top, counts = {}, {}, {}  # ms per step by kind and by kernel; launches per step by kernel
         for e in kernels:
-            per_step[kind(e.name)] = per_step.get(kind(e.name), 0.0) + (e.time_range.end - e.time_range.start) / 1000 / args.steps
+            ms = (e.time_range.end - e.time_range.start) / 1000 / args.steps
+            per_step[kind(e.name)] = per_step.get(kind(e.name), 0.0) + ms
+            top[e.name] = top.get(e.name, 0.0) + ms
+            counts[e.name] = counts.get(e.name, 0.0) + 1 / args.steps
         busy, short, long = (us / 1000 / args.steps for us in idle_time(kernels))
-        top = {}
-        for e in kernels:
-            top[e.name] = top.get(e.name, 0.0) + (e.time_range.end - e.time_range.start) / 1000 / args.steps
-        counts = {n: sum(1 for e in kernels if e.name == n) / args.steps for n in top}
         report.append(f"== {name} step (tree {tree}) ==\n"
                       f"graph step {graph_ms:.3f} ms (median of {args.repeats} x {args.steps} steps), eager step "
                       f"{eager_ms:.3f} ms\n"
